@@ -1,0 +1,282 @@
+//! Desired state: exactly what HAProxy should run, built from the config's [`Spec`] and the
+//! [`Store`]. Deterministic: the same inputs always give an equal value (and equal bytes once
+//! rendered).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{Backend, BackendName, ConfigLine, Host, Port, ServerName, ServiceName, Weight};
+use crate::store::Store;
+
+/// Global sections of haproxy.cfg.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sections {
+    pub global: Vec<ConfigLine>,
+    pub defaults: Vec<ConfigLine>,
+    /// Extra sections in the order given: the header line (e.g. `listen stats`) and its lines.
+    pub extra: Vec<(ConfigLine, Vec<ConfigLine>)>,
+}
+
+/// A service's frontend (present when the service has a port).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FrontendSpec {
+    /// Already validated: an IP address, a host name or `*`.
+    pub bind_address: BindAddress,
+    pub port: Port,
+    pub bind_options: Option<ConfigLine>,
+    pub lines: Vec<ConfigLine>,
+}
+
+/// Where a frontend listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum BindAddress {
+    Any,
+    Host(Host),
+}
+
+impl BindAddress {
+    pub fn parse(s: &str) -> Result<Self, crate::InvalidValue> {
+        if s == "*" || s.is_empty() {
+            Ok(Self::Any)
+        } else {
+            Host::parse(s).map(Self::Host)
+        }
+    }
+
+    /// How HAProxy's `bind` line writes this address with a port.
+    pub fn with_port(&self, port: Port) -> String {
+        match self {
+            Self::Any => format!(":{port}"),
+            Self::Host(h) if h.is_ipv6() => format!("[{h}]:{port}"),
+            Self::Host(h) => format!("{h}:{port}"),
+        }
+    }
+}
+
+/// The order of server lines in a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum BackendOrder {
+    /// By server name, ascending.
+    #[default]
+    Asc,
+    /// By server name, descending.
+    Desc,
+    /// A stable per-host shuffle: the same on every run on one machine, different across
+    /// machines (so `balance first` spreads a fleet), seeded by the given value.
+    Shuffle(u64),
+}
+
+/// What the config says about one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub frontend: Option<FrontendSpec>,
+    pub backend_name: BackendName,
+    pub backend_lines: Vec<ConfigLine>,
+    /// `server_options`, with `%{host}`, `%{port}` and `%{name}` still in it.
+    pub server_options: Option<ConfigLine>,
+    pub default_servers: Vec<Backend>,
+    pub keep_default_servers: bool,
+    pub backend_port_override: Option<Port>,
+    pub order: BackendOrder,
+}
+
+/// What the config asks HAProxy to run, before discovery fills in the servers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spec {
+    pub sections: Sections,
+    pub services: BTreeMap<ServiceName, ServiceSpec>,
+}
+
+/// One `server` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Server {
+    pub name: ServerName,
+    pub host: Host,
+    pub port: Port,
+    pub weight: Option<Weight>,
+    /// `server_options` with the substitutions made (every substituted value is validated).
+    pub options: Option<ConfigLine>,
+}
+
+impl Server {
+    /// `host:port` as HAProxy's `server` line wants it.
+    pub fn address(&self) -> String {
+        if self.host.is_ipv6() {
+            format!("ipv6@{}:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Everything about a service but its servers: a change here needs a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceShape {
+    pub frontend: Option<FrontendSpec>,
+    pub backend_name: BackendName,
+    pub backend_lines: Vec<ConfigLine>,
+    pub order: BackendOrder,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredService {
+    pub shape: ServiceShape,
+    pub servers: BTreeMap<ServerName, Server>,
+}
+
+impl DesiredService {
+    /// Servers in the order they are written.
+    pub fn ordered_servers(&self) -> Vec<&Server> {
+        let mut v: Vec<&Server> = self.servers.values().collect();
+        match self.shape.order {
+            BackendOrder::Asc => {}
+            BackendOrder::Desc => v.reverse(),
+            BackendOrder::Shuffle(seed) => v.sort_by_key(|s| (fnv1a(seed, s.name.as_str()), s.name.clone())),
+        }
+        v
+    }
+}
+
+/// 64-bit FNV-1a: a tiny, stable hash (std's hasher is not stable across releases).
+fn fnv1a(seed: u64, s: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    pub sections: Sections,
+    pub services: BTreeMap<ServiceName, DesiredService>,
+}
+
+impl DesiredState {
+    pub fn build(spec: &Spec, store: &Store) -> Self {
+        let services = spec
+            .services
+            .iter()
+            .map(|(name, s)| (name.clone(), build_service(s, store.backends(name))))
+            .collect();
+        Self { sections: spec.sections.clone(), services }
+    }
+
+    /// Total servers over all services.
+    pub fn server_count(&self) -> usize {
+        self.services.values().map(|s| s.servers.len()).sum()
+    }
+}
+
+fn build_service(spec: &ServiceSpec, discovered: BTreeMap<ServerName, Backend>) -> DesiredService {
+    let mut backends = discovered;
+    if backends.is_empty() || spec.keep_default_servers {
+        for d in &spec.default_servers {
+            backends.entry(d.name.clone()).or_insert_with(|| d.clone());
+        }
+    }
+    let servers = backends
+        .into_values()
+        .map(|b| {
+            let port = spec.backend_port_override.unwrap_or(b.port);
+            let options = spec.server_options.as_ref().map(|o| substitute(o, &b, port));
+            (b.name.clone(), Server { name: b.name, host: b.host, port, weight: b.weight, options })
+        })
+        .collect();
+    DesiredService {
+        shape: ServiceShape {
+            frontend: spec.frontend.clone(),
+            backend_name: spec.backend_name.clone(),
+            backend_lines: spec.backend_lines.clone(),
+            order: spec.order,
+        },
+        servers,
+    }
+}
+
+/// Fill `%{host}`, `%{port}` and `%{name}` in `server_options` with validated values, which hold
+/// no whitespace, line break or `#`, so the result is still one line.
+fn substitute(options: &ConfigLine, b: &Backend, port: Port) -> ConfigLine {
+    let s = options
+        .as_str()
+        .replace("%{host}", b.host.as_str())
+        .replace("%{port}", &port.to_string())
+        .replace("%{name}", b.name.as_str());
+    ConfigLine::parse(&s).expect("substituting validated values keeps a valid line")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Discovered, StoreOptions, Update};
+
+    fn spec(order: BackendOrder, defaults: Vec<Backend>, keep: bool) -> (ServiceName, Spec) {
+        let name = ServiceName::parse("web").unwrap();
+        let s = ServiceSpec {
+            frontend: None,
+            backend_name: BackendName::parse("web").unwrap(),
+            backend_lines: vec![],
+            server_options: Some(ConfigLine::parse("check sni str(%{host}) inter 2s # %{name}:%{port}").unwrap()),
+            default_servers: defaults,
+            keep_default_servers: keep,
+            backend_port_override: None,
+            order,
+        };
+        (name.clone(), Spec { sections: Sections::default(), services: [(name, s)].into() })
+    }
+
+    #[test]
+    fn defaults_fill_in_and_options_substitute() {
+        let dflt = Discovered::new("127.0.0.9", 9).named("fallback").validate().unwrap();
+        let (name, spec) = spec(BackendOrder::Asc, vec![dflt], false);
+        let mut store = Store::new([(name.clone(), StoreOptions::default())]);
+        let d = DesiredState::build(&spec, &store);
+        let s = &d.services[&name];
+        assert_eq!(s.servers.len(), 1);
+        let opt = s.servers.values().next().unwrap().options.as_ref().unwrap().as_str();
+        assert_eq!(opt, "check sni str(127.0.0.9) inter 2s # fallback:9");
+
+        store.apply(&name, "", Update::Reset(vec![Discovered::new("127.0.0.1", 1).named("a")]));
+        let d = DesiredState::build(&spec, &store);
+        assert_eq!(d.services[&name].servers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn keep_default_servers_adds_them() {
+        let dflt = Discovered::new("127.0.0.9", 9).named("fallback").validate().unwrap();
+        let (name, spec) = spec(BackendOrder::Desc, vec![dflt], true);
+        let mut store = Store::new([(name.clone(), StoreOptions::default())]);
+        store.apply(&name, "", Update::Reset(vec![Discovered::new("127.0.0.1", 1).named("a")]));
+        let d = DesiredState::build(&spec, &store);
+        let order: Vec<_> = d.services[&name].ordered_servers().iter().map(|s| s.name.as_str().to_owned()).collect();
+        assert_eq!(order, ["fallback", "a"]);
+    }
+
+    #[test]
+    fn shuffle_is_stable_and_seeded() {
+        let mut store_backends = vec![];
+        for i in 1..20 {
+            store_backends.push(Discovered::new("127.0.0.1", i).named(format!("s{i}")));
+        }
+        let order = |seed| {
+            let (name, spec) = spec(BackendOrder::Shuffle(seed), vec![], false);
+            let mut store = Store::new([(name.clone(), StoreOptions::default())]);
+            store.apply(&name, "", Update::Reset(store_backends.clone()));
+            let d = DesiredState::build(&spec, &store);
+            d.services[&name].ordered_servers().iter().map(|s| s.name.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(order(1), order(1));
+        assert_ne!(order(1), order(2));
+    }
+
+    #[test]
+    fn bind_address_forms() {
+        let p = Port::new(80).unwrap();
+        assert_eq!(BindAddress::parse("*").unwrap().with_port(p), ":80");
+        assert_eq!(BindAddress::parse("::1").unwrap().with_port(p), "[::1]:80");
+        assert_eq!(BindAddress::parse("localhost").unwrap().with_port(p), "localhost:80");
+        assert!(BindAddress::parse("0.0.0.0 ssl").is_err());
+    }
+}
