@@ -1,0 +1,19 @@
+//! myelin's configuration: the keys of Airbnb Synapse's `synapse.json.conf` (so existing configs
+//! keep working), read from YAML or JSON, with `${VAR}` interpolation, clear errors that name the
+//! file, line, column and key path, and validation into the [`myelin_core::Spec`] HAProxy needs.
+#![forbid(unsafe_code)]
+
+mod error;
+mod interpolate;
+mod load;
+mod placement;
+mod schema;
+mod validate;
+
+pub use error::{ConfigError, Notice};
+pub use load::{load, load_str};
+pub use schema::*;
+pub use validate::{Command, HaproxySettings, Loaded, ServiceRuntime};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+//! `${VAR}` and `${VAR:-default}` from the environment; `$${` writes a literal `${` (HAProxy uses
+//! `"${VAR}"` itself).
+
+/// Where interpolation failed: 1-based line and column, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct InterpolationError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+pub(crate) fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, InterpolationError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if after.starts_with("${") {
+            out.push_str("${");
+            rest = &after[2..];
+            continue;
+        }
+        if !after.starts_with('{') {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let at = text.len() - rest.len() + i;
+        let pos = |msg: String| {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            InterpolationError { line, column, message: msg }
+        };
+        let Some(end) = after.find('}') else {
+            return Err(pos("unterminated `${`".into()));
+        };
+        let inner = &after[1..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(pos(format!("`${{{inner}}}` is not a variable name (write `$${{` for a literal `${{`)")));
+        }
+        let value = match (env(name), default) {
+            (Some(v), _) => v,
+            (None, Some(d)) => d.to_owned(),
+            (None, None) => return Err(pos(format!("environment variable {name} is not set (use `${{{name}:-default}}` for a default)"))),
+        };
+        if value.contains(['\n', '\r']) {
+            return Err(pos(format!("environment variable {name} contains a line break")));
+        }
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "PORT" => Some("8080".into()),
+            "BAD" => Some("a\nb".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitutes() {
+        assert_eq!(interpolate("port: ${PORT}", env).unwrap(), "port: 8080");
+        assert_eq!(interpolate("h: ${HOST:-localhost} $x $${KEEP}", env).unwrap(), "h: localhost $x ${KEEP}");
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let e = interpolate("a: 1\nb: ${NOPE}\n", env).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 4));
+        assert!(e.message.contains("NOPE"));
+        assert!(interpolate("x: ${BAD}", env).is_err());
+        assert!(interpolate("x: ${a b}", env).is_err());
+        assert!(interpolate("x: ${OPEN", env).is_err());
+    }
+}
