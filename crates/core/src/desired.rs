@@ -28,6 +28,13 @@ pub struct FrontendSpec {
     pub lines: Vec<ConfigLine>,
 }
 
+impl FrontendSpec {
+    /// The address of the `bind` line.
+    pub fn bind(&self) -> String {
+        self.bind_address.with_port(self.port)
+    }
+}
+
 /// Where a frontend listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum BindAddress {
