@@ -143,6 +143,18 @@ pub enum Discovery {
 }
 
 impl Discovery {
+    /// Synapse's label filters, which apply to every method.
+    pub fn label_filters(&self) -> &[LabelFilter] {
+        match self {
+            Self::Static(d) => &d.label_filters,
+            Self::File(d) => &d.label_filters,
+            Self::Docker(d) => &d.label_filters,
+            Self::Zookeeper(d) => &d.label_filters,
+            Self::Etcd(d) => &d.label_filters,
+            Self::Consul(d) => &d.label_filters,
+        }
+    }
+
     pub fn method(&self) -> &'static str {
         match self {
             Self::Static(_) => "static",

@@ -104,6 +104,16 @@ impl Store {
         }
     }
 
+    /// Forget what a service's source said (its source is being replaced) but keep serving its
+    /// current backends until the new source syncs.
+    pub fn restart_service(&mut self, service: &ServiceName) {
+        if let Some(e) = self.services.get_mut(service) {
+            e.previous = e.effective();
+            e.partitions.clear();
+            e.synced = false;
+        }
+    }
+
     /// Seed a service with backends known from before (e.g. myelin's state file), used until its
     /// source has synced.
     pub fn seed(&mut self, service: &ServiceName, backends: Vec<Backend>) {
@@ -252,6 +262,17 @@ mod tests {
         assert_eq!(names(&s), ["old"]);
         s.apply(&svc(), "", Update::Reset(vec![Discovered::new("127.0.0.1", 2).named("new")]));
         assert_eq!(names(&s), ["new"]);
+    }
+
+    #[test]
+    fn restarted_service_keeps_serving_until_the_new_source_syncs() {
+        let mut s = Store::new([(svc(), StoreOptions { use_previous_backends: false })]);
+        s.apply(&svc(), "old", Update::Reset(vec![Discovered::new("127.0.0.1", 1).named("a")]));
+        s.restart_service(&svc());
+        assert!(!s.is_synced(&svc()));
+        assert_eq!(names(&s), ["a"]);
+        s.apply(&svc(), "", Update::Reset(vec![Discovered::new("127.0.0.1", 2).named("b")]));
+        assert_eq!(names(&s), ["b"]);
     }
 
     #[test]

@@ -97,8 +97,9 @@ pub async fn supervise(service: ServiceName, partition: String, open: Opener, fi
     }
 }
 
-/// Open a source once and wait for its first complete set (for `myelin render`).
-pub async fn first_sync(open: &Opener, timeout: Duration) -> Result<Update, WatchError> {
+/// Open a source once and wait for its first complete set (for `myelin render`), with the
+/// problems reported on the way.
+pub async fn first_sync(open: &Opener, timeout: Duration) -> Result<(Update, Vec<WatchError>), WatchError> {
     let mut stream = open();
     let mut problems = Vec::new();
     let wait = async {
@@ -112,7 +113,7 @@ pub async fn first_sync(open: &Opener, timeout: Duration) -> Result<Update, Watc
         None
     };
     match tokio::time::timeout(timeout, wait).await {
-        Ok(Some(u)) => Ok(u),
+        Ok(Some(u)) => Ok((u, problems)),
         _ => Err(problems.pop().unwrap_or(WatchError::Read { path: "source".into(), reason: format!("no answer within {timeout:?}") })),
     }
 }

@@ -1,0 +1,115 @@
+//! `check` and `render`, and what they share with `run`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use myelin_config::Loaded;
+use myelin_core::{DesiredState, Store};
+use myelin_haproxy::Writer;
+use tracing::warn;
+
+/// The configuration (or the haproxy.cfg it gives) is invalid: exit status 2.
+#[derive(Debug)]
+pub struct ConfigInvalid(pub String);
+
+impl std::fmt::Display for ConfigInvalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigInvalid {}
+
+/// Load a config, printing each error on stderr; warn about every notice.
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    match myelin_config::load(path) {
+        Ok(l) => {
+            for n in &l.notices {
+                warn!("{n}");
+            }
+            for (name, svc) in &l.services {
+                if let Err(e) = myelin_watch::sources(&svc.discovery) {
+                    warn!(service = %name, "{e}: the service is written with its default_servers only");
+                }
+            }
+            Ok(l)
+        }
+        Err(errors) => {
+            let n = errors.len();
+            let text = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+            Err(ConfigInvalid(format!("{text}\n{n} error{} in the configuration", if n == 1 { "" } else { "s" })).into())
+        }
+    }
+}
+
+pub fn writer(l: &Loaded) -> Writer {
+    let h = &l.haproxy;
+    Writer {
+        path: h.config_file_path.clone(),
+        do_writes: h.do_writes,
+        do_checks: h.do_checks,
+        check_command: h.check_command.as_ref().map(|c| c.argv()),
+        haproxy_bin: "haproxy".into(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+fn haproxy_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("haproxy").is_file()))
+}
+
+pub async fn check(path: &Path) -> anyhow::Result<()> {
+    let loaded = load(path)?;
+    let store = Store::new(loaded.services.iter().map(|(n, s)| (n.clone(), s.store)));
+    let text = myelin_haproxy::render(&DesiredState::build(&loaded.spec, &store));
+    let mut w = writer(&loaded);
+    if w.check_command.is_none() && !haproxy_installed() {
+        warn!("haproxy is not installed: the rendered haproxy.cfg was not validated");
+        println!("{}: configuration is valid (haproxy.cfg not checked)", path.display());
+        return Ok(());
+    }
+    w.do_checks = true;
+    let tmp = tempfile::Builder::new().prefix("myelin-check-").suffix(".cfg").tempfile().context("creating a temporary file")?;
+    std::fs::write(tmp.path(), &text).context("writing a temporary file")?;
+    match w.check(tmp.path()).await {
+        Ok(()) => {
+            println!("{}: configuration is valid, and HAProxy accepts the haproxy.cfg it gives", path.display());
+            Ok(())
+        }
+        Err(myelin_haproxy::Error::Failed { output, .. }) => {
+            Err(ConfigInvalid(format!("HAProxy rejects the haproxy.cfg this configuration gives:\n{output}")).into())
+        }
+        Err(e) => Err(e).context("validating the rendered haproxy.cfg"),
+    }
+}
+
+pub async fn render(path: &Path, timeout: f64) -> anyhow::Result<()> {
+    let loaded = load(path)?;
+    let timeout = Duration::try_from_secs_f64(timeout).context("--timeout must be a non-negative number of seconds")?;
+    let mut store = Store::new(loaded.services.iter().map(|(n, s)| (n.clone(), s.store)));
+    let mut waits = Vec::new();
+    for (name, svc) in &loaded.services {
+        let Ok(sources) = myelin_watch::sources(&svc.discovery) else { continue };
+        for (partition, open) in sources {
+            let name = name.clone();
+            waits.push(async move { (name, partition, myelin_watch::first_sync(&open, timeout).await) });
+        }
+    }
+    for (name, partition, result) in futures::future::join_all(waits).await {
+        match result {
+            Ok((update, problems)) => {
+                for p in problems {
+                    warn!(service = %name, "{p}");
+                }
+                for r in store.apply(&name, &partition, update).rejected {
+                    warn!(service = %name, server = %r.key, "Rejected: {}", r.error);
+                }
+            }
+            Err(e) => warn!(service = %name, "{e}: rendered with what is known"),
+        }
+    }
+    print!("{}", myelin_haproxy::render(&DesiredState::build(&loaded.spec, &store)));
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The `myelin` binary: command line, logging and wiring. The work is done in the library crates.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod daemon;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keeps a local HAProxy routing to exactly the live instances of every service.
+#[derive(Debug, Parser)]
+#[command(name = "myelin", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MYELIN_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: watch discovery, keep haproxy.cfg and HAProxy up to date.
+    Run {
+        /// Configuration file (YAML or JSON; Synapse's synapse.json.conf works as it is).
+        #[arg(short, long, env = "MYELIN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the configuration, and the haproxy.cfg it gives with `haproxy -c` when HAProxy is
+    /// installed. Exit status 2 when something is wrong.
+    Check {
+        #[arg(short, long, env = "MYELIN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the haproxy.cfg that the current discovery state gives, then exit. A source that
+    /// cannot be reached is warned about on stderr and its service rendered with what is known.
+    Render {
+        #[arg(short, long, env = "MYELIN_CONFIG")]
+        config: PathBuf,
+        /// How long to wait for each discovery source.
+        #[arg(long, default_value = "5", value_name = "SECONDS")]
+        timeout: f64,
+    },
+}
+
+/// Exit statuses.
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MYELIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => daemon::run(&config).await,
+            Command::Check { config } => commands::check(&config).await,
+            Command::Render { config, timeout } => commands::render(&config, timeout).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<commands::ConfigInvalid>().is_some() { EXIT_CONFIG } else { EXIT_FAILURE };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
