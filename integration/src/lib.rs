@@ -1,1 +1,316 @@
+//! Harness for the end-to-end tests: start real HAProxy (master-worker mode), the real `myelin`
+//! binary and small HTTP backends, all on 127.0.0.1, and talk to them as a user would.
+#![forbid(unsafe_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.
+pub fn myelin_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MYELIN_BIN") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
+    let bin = target.join("debug/myelin");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p myelin` first (`make test` does)", bin.display());
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tiny HTTP server on 127.0.0.1 that answers every request with its name.
+pub struct Backend {
+    pub name: String,
+    pub port: u16,
+    pub hits: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (s, h, body) = (stop.clone(), hits.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let body = body.clone();
+                        let h = h.clone();
+                        std::thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                            let mut buf = [0u8; 4096];
+                            let mut req = Vec::new();
+                            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match conn.read(&mut buf) {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            h.fetch_add(1, Ordering::Relaxed);
+                            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
+                            let _ = conn.write_all(resp.as_bytes());
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self { name: name.to_owned(), port, hits, stop }
+    }
+
+    /// A backends-file entry for this backend.
+    pub fn entry(&self) -> String {
+        format!("- {{name: {}, host: 127.0.0.1, port: {}}}\n", self.name, self.port)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One HTTP/1.0 GET; the status code and body.
+pub fn get(port: u16, path: &str) -> Result<(u16, String)> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).context("no status line")?.parse()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Send `n` requests; the bodies of those that got a 200, and how many failed.
+pub fn spray(port: u16, n: usize) -> (std::collections::BTreeSet<String>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match get(port, "/") {
+            Ok((200, body)) => {
+                seen.insert(body);
+            }
+            _ => failed += 1,
+        }
+    }
+    (seen, failed)
+}
+
+/// Poll `f` every 10 ms until it is true or `timeout` passes; how long it took.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// A child process killed (SIGKILL) when dropped, unless stopped before.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Everything the process wrote to stderr/stdout so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_logged(cmd: &mut Command, log: PathBuf) -> Result<Proc> {
+    let f = std::fs::File::create(&log)?;
+    let child = cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    Ok(Proc { child, log })
+}
+
+/// A test's working directory with HAProxy and myelin set up in it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub frontend_port: u16,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), frontend_port: free_port() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn haproxy_cfg(&self) -> PathBuf {
+        self.path("haproxy.cfg")
+    }
+
+    /// A myelin config with one file-discovered service `web` on the frontend port, reloading
+    /// HAProxy's master (pid file) with SIGUSR2. `extra` is appended under `haproxy:`.
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let cfg = self.path("myelin.yaml");
+        let text = format!(
+            "services:
+  web:
+    discovery:
+      method: file
+      path: {backends}
+    haproxy:
+      port: {port}
+      bind_address: 127.0.0.1
+      server_options: check inter 500ms
+haproxy:
+  config_file_path: {hcfg}
+  reload_command: \"kill -USR2 $(cat {pid})\"
+  restart_interval: 0.2
+  global:
+    - maxconn 200
+    - stats socket {sock} mode 600 level admin
+  defaults:
+    - mode http
+    - timeout connect 2s
+    - timeout client 10s
+    - timeout server 10s
+    - retries 3
+    - option redispatch
+{extra}",
+            backends = self.path("backends.yaml").display(),
+            port = self.frontend_port,
+            hcfg = self.haproxy_cfg().display(),
+            pid = self.path("haproxy.pid").display(),
+            sock = self.path("haproxy.sock").display(),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    pub fn write_backends(&self, text: &str) {
+        // Write and rename, as a careful tool would; the watcher follows in-place writes too.
+        let tmp = self.path(".backends.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path("backends.yaml")).unwrap();
+    }
+
+    /// Run `myelin <args>` to completion: (exit code, stdout, stderr).
+    pub fn myelin_once(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(myelin_bin()).args(args).env("MYELIN_LOG", "info").output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Render the initial haproxy.cfg and start HAProxy in master-worker mode on it.
+    pub fn start_haproxy(&self, config: &Path) -> Result<Proc> {
+        let (code, out, err) = self.myelin_once(&["render", "-c", config.to_str().unwrap()]);
+        if code != 0 {
+            bail!("myelin render failed ({code}): {err}");
+        }
+        std::fs::write(self.haproxy_cfg(), out)?;
+        let p = spawn_logged(
+            Command::new("haproxy")
+                .arg("-W")
+                .arg("-db")
+                .arg("-f")
+                .arg(self.haproxy_cfg())
+                .arg("-p")
+                .arg(self.path("haproxy.pid"))
+                .arg("-S")
+                .arg(self.path("master.sock")),
+            self.path("haproxy.log"),
+        )?;
+        let port = self.frontend_port;
+        if wait_for(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok() && self.path("haproxy.pid").exists()).is_none() {
+            bail!("HAProxy did not start listening on {port}: {}", p.log());
+        }
+        Ok(p)
+    }
+
+    /// Start `myelin run` and wait until it has installed its signal handlers.
+    pub fn start_myelin(&self, config: &Path) -> Result<Proc> {
+        let mut p = spawn_logged(
+            Command::new(myelin_bin()).args(["run", "-c", config.to_str().unwrap()]).env("MYELIN_LOG", "info,myelin=debug"),
+            self.path("myelin.log"),
+        )?;
+        if wait_for(Duration::from_secs(10), || p.log().contains("started.") || !p.is_running()).is_none() || !p.is_running() {
+            bail!("myelin did not start: {}", p.log());
+        }
+        Ok(p)
+    }
+
+    /// Ask HAProxy's master CLI something.
+    pub fn master_cli(&self, cmd: &str) -> Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(self.path("master.sock"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        writeln!(s, "{cmd}")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// How many times HAProxy's master has reloaded (from `show proc`).
+    pub fn reloads(&self) -> Result<u32> {
+        let out = self.master_cli("show proc")?;
+        // The master's line: "<pid> master 0 <reloads> <uptime> <version>".
+        for line in out.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) == Some(&"master") {
+                return Ok(f.get(3).context("no reload count")?.parse()?);
+            }
+        }
+        bail!("no master line in: {out}")
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -165,12 +165,11 @@ impl Daemon {
                 }
                 self.dirty |= applied.changed;
             }
-            EventKind::Problem(e) => {
-                if matches!(e, myelin_watch::WatchError::Entry { .. }) {
-                    self.rejected_total += 1;
-                }
-                warn!(%service, "{e}; the service keeps its current backends.");
+            EventKind::Problem(e @ myelin_watch::WatchError::Entry { .. }) => {
+                self.rejected_total += 1;
+                warn!(%service, rejected_total = self.rejected_total, "{e}");
             }
+            EventKind::Problem(e) => warn!(%service, "{e}; the service keeps its current backends."),
             // The supervisor logs state changes itself.
             EventKind::Disconnected { .. } => {}
         }
