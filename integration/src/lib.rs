@@ -290,6 +290,8 @@ haproxy:
         let mut s = std::os::unix::net::UnixStream::connect(self.path("master.sock"))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         writeln!(s, "{cmd}")?;
+        // The master CLI answers once the write side is closed.
+        s.shutdown(std::net::Shutdown::Write)?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
@@ -298,11 +300,11 @@ haproxy:
     /// How many times HAProxy's master has reloaded (from `show proc`).
     pub fn reloads(&self) -> Result<u32> {
         let out = self.master_cli("show proc")?;
-        // The master's line: "<pid> master 0 <reloads> <uptime> <version>".
+        // The master's line: "<pid> master <reloads> [failed: N] <uptime> <version>".
         for line in out.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.get(1) == Some(&"master") {
-                return Ok(f.get(3).context("no reload count")?.parse()?);
+                return Ok(f.get(2).context("no reload count")?.parse()?);
             }
         }
         bail!("no master line in: {out}")

@@ -306,6 +306,18 @@ pub struct HaproxyConfig {
     pub state_file_ttl: Option<f64>,
     pub server_order_seed: Option<u64>,
     pub max_server_id: Option<u64>,
+    /// HAProxy's master CLI socket (HAProxy started with `-S <path>`): reloads go through it and
+    /// are verified with `show proc`. Without it, `reload_command` is run.
+    pub master_socket_path: Option<PathBuf>,
+    /// Seconds a removed server is drained (no new connections) before it is put in maintenance
+    /// and deleted, at the most (default 30). Draining ends earlier when its sessions reach zero.
+    pub drain_timeout: Option<f64>,
+    /// HAProxy's `server-state-file`, written before each reload so that health and weights
+    /// survive it (default: `<config_file_path>.state`). Used when `do_socket` is on.
+    pub server_state_file: Option<PathBuf>,
+    /// Seconds between checks that HAProxy's servers (`show servers state`) match the desired
+    /// state; a mismatch is repaired (default 30).
+    pub verify_interval: Option<f64>,
     pub shared_frontend: Option<Lines>,
     pub use_nerve_weights: Option<bool>,
 }

@@ -110,7 +110,7 @@ fn not_supported_yet_keys_are_noticed() {
     let l = ok("statsd: {host: localhost}\nhaproxy:\n  do_reloads: false\n  state_file_path: /tmp/s.json\n");
     let all: Vec<_> = l.notices.iter().map(|n| n.to_string()).collect();
     assert!(all.iter().any(|n| n.contains("statsd") && n.contains("not supported yet")), "{all:?}");
-    assert!(all.iter().any(|n| n.contains("state_file_path") && n.contains("not supported yet")), "{all:?}");
+    assert!(!all.iter().any(|n| n.contains("state_file_path")), "{all:?}");
 }
 
 #[test]
@@ -133,4 +133,21 @@ fn service_conf_dir_adds_services() {
 fn disabled_services_are_left_out() {
     let l = ok(&format!("{MIN}services:\n  web:\n    discovery: {{method: static}}\n    haproxy: {{disabled: true}}\n"));
     assert!(l.spec.services.is_empty() && l.services.is_empty());
+}
+
+#[test]
+fn the_runtime_api_adds_its_lines_unless_given() {
+    let l = ok("haproxy:\n  do_reloads: false\n  config_file_path: /run/h/haproxy.cfg\n  socket_file_path: /run/h/admin.sock\n");
+    let g: Vec<_> = l.spec.sections.global.iter().map(|l| l.as_str()).collect();
+    assert!(g.contains(&"stats socket /run/h/admin.sock mode 600 level admin expose-fd listeners"), "{g:?}");
+    assert!(g.contains(&"server-state-file /run/h/haproxy.cfg.state"), "{g:?}");
+    assert!(l.spec.sections.defaults.iter().any(|d| d.as_str() == "load-server-state-from-file global"));
+    assert!(l.haproxy.do_socket);
+
+    let l = ok("haproxy:\n  do_reloads: false\n  socket_file_path: /run/h/admin.sock\n  global: ['stats socket /run/h/admin.sock level admin']\n");
+    assert_eq!(l.spec.sections.global.iter().filter(|l| l.as_str().starts_with("stats socket")).count(), 1);
+
+    let l = ok("haproxy:\n  do_reloads: false\n  socket_file_path: /run/h/admin.sock\n  do_socket: false\n");
+    assert!(!l.spec.sections.global.iter().any(|l| l.as_str().starts_with("stats socket")));
+    assert!(err("haproxy:\n  do_reloads: false\n  do_socket: true\n").contains("socket_file_path"));
 }

@@ -49,6 +49,10 @@ pub struct HaproxySettings {
     pub do_socket: bool,
     pub state_file_path: Option<PathBuf>,
     pub state_file_ttl: Duration,
+    pub master_socket_path: Option<PathBuf>,
+    pub drain_timeout: Duration,
+    pub server_state_file: Option<PathBuf>,
+    pub verify_interval: Duration,
 }
 
 /// What a service's watcher needs.
@@ -209,6 +213,10 @@ pub(crate) fn validate(file: &Path, config: Config, sources: &[(PathBuf, String)
     }
 
     let haproxy = haproxy_settings(&mut cx, file, hap.as_ref());
+    let mut sections = sections;
+    if cx.errors.is_empty() {
+        runtime_lines(&mut sections, &haproxy);
+    }
     if config.statsd.is_some() {
         cx.not_supported("statsd", "statsd");
     }
@@ -394,6 +402,10 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
             do_socket: false,
             state_file_path: None,
             state_file_ttl: Duration::from_secs(86400),
+            master_socket_path: None,
+            drain_timeout: Duration::from_secs(30),
+            server_state_file: None,
+            verify_interval: Duration::from_secs(30),
         };
     };
     let mut cmd = |key: &str, c: &Option<CommandConfig>| {
@@ -423,11 +435,32 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
         l.0.first().map(PathBuf::from)
     });
     let do_socket = h.do_socket.unwrap_or(socket.is_some());
-    if do_socket {
-        cx.not_supported("haproxy.socket_file_path", "socket_file_path");
+    if do_socket && socket.is_none() {
+        cx.error("haproxy.socket_file_path", "do_socket", "required when `do_socket` is true");
     }
-    if h.state_file_path.is_some() {
-        cx.not_supported("haproxy.state_file_path", "state_file_path");
+    let mut seconds = |key: &str, v: Option<f64>, default: f64| {
+        let v = v.unwrap_or(default);
+        if !(v.is_finite() && (0.0..=86400.0).contains(&v)) {
+            cx.error(format!("haproxy.{key}"), key, "must be 0 to 86400 seconds");
+            return Duration::from_secs_f64(default);
+        }
+        Duration::from_secs_f64(v)
+    };
+    let drain_timeout = seconds("drain_timeout", h.drain_timeout, 30.0);
+    let verify_interval = seconds("verify_interval", h.verify_interval, 30.0).max(Duration::from_secs(1));
+    let config_file_path = resolve(file, h.config_file_path.as_deref().unwrap_or(Path::new("/etc/haproxy/haproxy.cfg")));
+    let server_state_file = do_socket.then(|| match &h.server_state_file {
+        Some(p) => resolve(file, p),
+        None => {
+            let mut s = config_file_path.clone().into_os_string();
+            s.push(".state");
+            PathBuf::from(s)
+        }
+    });
+    for (key, p) in [("socket_file_path", socket.as_deref()), ("server_state_file", server_state_file.as_deref()), ("master_socket_path", h.master_socket_path.as_deref())] {
+        if p.is_some_and(|p| p.to_string_lossy().contains(char::is_whitespace)) {
+            cx.error(format!("haproxy.{key}"), key, "must not contain white space");
+        }
     }
     for (key, set) in [
         ("shared_frontend", h.shared_frontend.is_some()),
@@ -442,7 +475,7 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
         cx.notice("haproxy.server_order_seed", "server_order_seed", "myelin's `shuffle` order is seeded by the host name; `server_order_seed` has no effect");
     }
     HaproxySettings {
-        config_file_path: resolve(file, h.config_file_path.as_deref().unwrap_or(Path::new("/etc/haproxy/haproxy.cfg"))),
+        config_file_path,
         do_writes: h.do_writes,
         do_reloads: h.do_reloads,
         reload_command,
@@ -454,5 +487,28 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
         do_socket,
         state_file_path: h.state_file_path.as_deref().map(|p| resolve(file, p)),
         state_file_ttl: Duration::from_secs_f64(ttl.max(1.0)),
+        master_socket_path: h.master_socket_path.as_deref().map(|p| resolve(file, p)),
+        drain_timeout,
+        server_state_file,
+        verify_interval,
+    }
+}
+
+/// With the runtime API on, the config HAProxy runs must open the socket and load the server
+/// state written before each reload: add what the operator did not write.
+fn runtime_lines(sections: &mut Sections, h: &HaproxySettings) {
+    let (Some(socket), true) = (&h.socket_file_path, h.do_socket) else { return };
+    let socket = socket.to_string_lossy();
+    let has = |lines: &[ConfigLine], kw: &str| lines.iter().any(|l| l.as_str().starts_with(kw));
+    if !sections.global.iter().any(|l| l.as_str().starts_with("stats socket") && l.as_str().split_whitespace().nth(2) == Some(&*socket)) {
+        sections.global.push(ConfigLine::parse(&format!("stats socket {socket} mode 600 level admin expose-fd listeners")).expect("no white space in the path"));
+    }
+    if let Some(state) = &h.server_state_file {
+        if !has(&sections.global, "server-state-file") {
+            sections.global.push(ConfigLine::parse(&format!("server-state-file {}", state.display())).expect("no white space in the path"));
+        }
+        if !has(&sections.defaults, "load-server-state-from-file") {
+            sections.defaults.push(ConfigLine::parse("load-server-state-from-file global").expect("valid"));
+        }
     }
 }

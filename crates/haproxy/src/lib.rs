@@ -4,12 +4,19 @@
 
 mod command;
 mod gate;
+mod ondisk;
 mod render;
+mod runtime;
 mod writer;
 
 pub use command::{run_command, CommandOutput};
 pub use gate::ReloadGate;
+pub use ondisk::servers_on_disk;
 pub use render::render;
+pub use runtime::{
+    drift, filter_state_file, parse_servers_state, parse_show_proc, parse_stat_sessions, runtime_ops, Master, Op, Processes, Runtime,
+    ServerState,
+};
 pub use writer::{InstallOutcome, Writer};
 
 use std::path::PathBuf;
@@ -25,6 +32,10 @@ pub enum Error {
     Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {output}")]
     Failed { command: String, status: String, output: String },
+    #[error("runtime API at {socket}: `{command}`: {source}")]
+    Socket { socket: PathBuf, command: String, source: std::io::Error },
+    #[error("runtime API: `{command}` answered {reply:?}")]
+    Runtime { command: String, reply: String },
     #[error("`{command}` did not finish within {seconds} s and was killed")]
     Timeout { command: String, seconds: u64 },
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use myelin_config::{Discovery, Loaded};
-use myelin_core::{diff, DesiredState, ServiceName, Store};
-use myelin_haproxy::{run_command, InstallOutcome, ReloadGate, Writer};
+use myelin_core::{diff, BackendName, DesiredState, ServerName, ServiceName, Store};
+use myelin_haproxy::{run_command, runtime_ops, InstallOutcome, Master, Op, ReloadGate, Runtime, Writer};
 use myelin_watch::{Event, EventKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -16,13 +16,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::commands;
+use crate::{commands, statefile};
 
 /// How long the first apply waits for every source to sync before it goes ahead with what is known.
 const STARTUP_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest wait before an apply that failed is tried again.
 const MIN_RETRY: Duration = Duration::from_secs(1);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often servers being drained are checked for remaining sessions.
+const DRAIN_TICK: Duration = Duration::from_millis(250);
+/// How long after its drain timeout a server that cannot be deleted is given up on (it stays in
+/// maintenance, taking no traffic, until the next reload drops it).
+const DELETE_GRACE: Duration = Duration::from_secs(10);
 
 struct Watcher {
     discovery: Discovery,
@@ -53,8 +58,27 @@ struct Daemon {
     started: bool,
     start_deadline: Instant,
     retry_at: Option<Instant>,
-    applied: DesiredState,
-    rejected_total: u64,
+    /// What HAProxy runs, as far as myelin knows; `None` until the first apply.
+    applied: Option<DesiredState>,
+    /// The last desired state HAProxy refused: not tried again until something changes.
+    refused: Option<DesiredState>,
+    runtime: Option<Runtime>,
+    master: Option<Master>,
+    /// Servers removed through the runtime API and draining, with their deadlines.
+    draining: BTreeMap<(BackendName, ServerName), Instant>,
+    drain_check_at: Option<Instant>,
+    verify_at: Option<Instant>,
+    /// The state file's last written text.
+    state_written: Option<String>,
+    counts: Counts,
+}
+
+/// Running totals, logged with each apply.
+#[derive(Debug, Default)]
+struct Counts {
+    rejected: u64,
+    reloads: u64,
+    runtime_commands: u64,
 }
 
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -77,9 +101,18 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         started: false,
         start_deadline: Instant::now() + STARTUP_SYNC_TIMEOUT,
         retry_at: None,
-        applied: DesiredState::default(),
-        rejected_total: 0,
+        applied: None,
+        refused: None,
+        runtime: None,
+        master: None,
+        draining: BTreeMap::new(),
+        drain_check_at: None,
+        verify_at: None,
+        state_written: None,
+        counts: Counts::default(),
     };
+    d.set_haproxy_clients();
+    d.seed_from_state_file();
     let services: Vec<_> = d.loaded.services.keys().cloned().collect();
     for name in services {
         d.start_watcher(&name);
@@ -93,6 +126,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
 
     loop {
         let wake = d.next_apply();
+        let (drain_at, verify_at) = (d.drain_check_at, d.verify_at);
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping; HAProxy keeps running with the last installed config."); break }
             _ = int.recv() => { info!("SIGINT: stopping; HAProxy keeps running with the last installed config."); break }
@@ -104,6 +138,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = sleep_until(wake), if wake.is_some() => d.apply().await,
+            _ = sleep_until(drain_at), if drain_at.is_some() => d.finish_drains().await,
+            _ = sleep_until(verify_at), if verify_at.is_some() => d.verify().await,
         }
     }
     d.watchers.clear();
@@ -157,8 +193,8 @@ impl Daemon {
             EventKind::Update(update) => {
                 let applied = self.store.apply(service, &ev.partition, update);
                 for r in &applied.rejected {
-                    self.rejected_total += 1;
-                    warn!(%service, server = %r.key, reason = %r.error, rejected_total = self.rejected_total, "Rejected a discovery record.");
+                    self.counts.rejected += 1;
+                    warn!(%service, server = %r.key, reason = %r.error, rejected_total = self.counts.rejected, "Rejected a discovery record.");
                 }
                 if applied.kept_previous {
                     warn!(%service, "Discovery reports no backends; keeping the previous ones (use_previous_backends).");
@@ -166,8 +202,8 @@ impl Daemon {
                 self.dirty |= applied.changed;
             }
             EventKind::Problem(e @ myelin_watch::WatchError::Entry { .. }) => {
-                self.rejected_total += 1;
-                warn!(%service, rejected_total = self.rejected_total, "{e}");
+                self.counts.rejected += 1;
+                warn!(%service, rejected_total = self.counts.rejected, "{e}");
             }
             EventKind::Problem(e) => warn!(%service, "{e}; the service keeps its current backends."),
             // The supervisor logs state changes itself.
@@ -175,63 +211,259 @@ impl Daemon {
         }
     }
 
+    fn set_haproxy_clients(&mut self) {
+        let h = &self.loaded.haproxy;
+        self.runtime = h.socket_file_path.clone().filter(|_| h.do_socket).map(Runtime::new);
+        self.master = h.master_socket_path.clone().map(Master::new);
+    }
+
+    fn seed_from_state_file(&mut self) {
+        let Some(path) = self.loaded.haproxy.state_file_path.clone() else { return };
+        match statefile::read(&path, self.loaded.haproxy.state_file_ttl) {
+            Ok(services) => {
+                for (name, backends) in services {
+                    info!(service = %name, backends = backends.len(), "Using the backends from the state file until the source syncs.");
+                    self.store.seed(&name, backends);
+                }
+            }
+            Err(e) if path.exists() => warn!("Not using the state file: {e:#}"),
+            Err(_) => {}
+        }
+    }
+
+    fn write_state_file(&mut self) {
+        let Some(path) = self.loaded.haproxy.state_file_path.clone() else { return };
+        let text = statefile::snapshot(&self.store);
+        if self.state_written.as_ref() == Some(&text) {
+            return;
+        }
+        match statefile::write(&path, &text) {
+            Ok(()) => self.state_written = Some(text),
+            Err(e) => warn!("Writing the state file failed: {e:#}"),
+        }
+    }
+
+    /// Schedule the next check of draining servers, while there are any.
+    fn schedule_drain_check(&mut self) {
+        self.drain_check_at = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
+    }
+
+    fn retry_later(&mut self) {
+        self.retry_at = Some(Instant::now() + MIN_RETRY.max(self.loaded.haproxy.restart_interval));
+    }
+
+    /// What HAProxy runs now: known from the last apply, or at start-up read back from the
+    /// haproxy.cfg on disk when only its servers differ from `desired`.
+    fn current(&self, desired: &DesiredState) -> Option<DesiredState> {
+        if let Some(a) = &self.applied {
+            return Some(a.clone());
+        }
+        let disk = std::fs::read_to_string(&self.loaded.haproxy.config_file_path).ok()?;
+        myelin_haproxy::servers_on_disk(&disk, desired)
+    }
+
     async fn apply(&mut self) {
         let desired = DesiredState::build(&self.loaded.spec, &self.store);
-        let plan = diff(&self.applied, &desired);
-        let (added, removed, changed) = plan.server_counts();
-        let text = myelin_haproxy::render(&desired);
         let first = !self.started;
         self.started = true;
         self.dirty = false;
         self.retry_at = None;
-        match self.writer.install(&text).await {
-            Ok(InstallOutcome::Unchanged) => {
-                if first {
-                    info!(servers = desired.server_count(), "haproxy.cfg is already up to date; no reload needed.");
-                }
-            }
-            Ok(InstallOutcome::NotWritten) => {
-                info!(added, removed, changed, "Changes computed; not written (do_writes is off).");
-            }
-            Ok(InstallOutcome::Installed) => {
-                info!(added, removed, changed, structural = plan.reload_required(), servers = desired.server_count(), "Installed a new haproxy.cfg.");
-                self.reload_pending = self.loaded.haproxy.do_reloads;
-            }
+        if self.refused.as_ref() == Some(&desired) {
+            return;
+        }
+        let current = self.current(&desired);
+        let plan = current.as_ref().map(|c| diff(c, &desired));
+        let (added, removed, changed) = plan.as_ref().map_or((0, 0, 0), |p| p.server_counts());
+        let ops = match (&self.runtime, &plan) {
+            (Some(_), Some(p)) if !self.reload_pending => runtime_ops(p, &desired),
+            _ => None,
+        };
+        let text = myelin_haproxy::render(&desired);
+        let outcome = match self.writer.install(&text).await {
+            Ok(o) => o,
             Err(e @ myelin_haproxy::Error::Rejected { .. }) => {
                 error!("{e}. The config in force is unchanged.");
-                // Nothing is retried until discovery or the configuration changes.
-                self.applied = desired;
+                self.refused = Some(desired);
                 return;
             }
             Err(e) => {
                 error!("Writing haproxy.cfg failed: {e}. Retrying.");
                 self.dirty = true;
-                self.retry_at = Some(Instant::now() + MIN_RETRY.max(self.loaded.haproxy.restart_interval));
+                self.retry_later();
+                return;
+            }
+        };
+        self.refused = None;
+        if outcome == InstallOutcome::Unchanged && first {
+            info!(servers = desired.server_count(), "haproxy.cfg is already up to date; no reload needed.");
+        }
+        match ops {
+            Some(ops) if !ops.is_empty() => match self.run_ops(&ops).await {
+                Ok(commands) => {
+                    info!(added, removed, changed, commands, reloads_total = self.counts.reloads, runtime_commands_total = self.counts.runtime_commands, "Applied through the runtime API; no reload.");
+                    self.applied = Some(desired);
+                    self.write_state_file();
+                    return;
+                }
+                Err(e) => {
+                    warn!("The runtime API failed ({e}); falling back to a reload.");
+                    self.reload_pending = self.loaded.haproxy.do_reloads;
+                }
+            },
+            Some(_) => {}
+            None => match outcome {
+                InstallOutcome::Installed => self.reload_pending = self.loaded.haproxy.do_reloads,
+                InstallOutcome::NotWritten => info!(added, removed, changed, "Changes computed; not written (do_writes is off)."),
+                InstallOutcome::Unchanged => {}
+            },
+        }
+        if outcome == InstallOutcome::Installed {
+            info!(added, removed, changed, structural = plan.as_ref().is_none_or(|p| p.reload_required()), servers = desired.server_count(), "Installed a new haproxy.cfg.");
+        }
+        if self.reload_pending {
+            if !self.reload(&desired).await {
                 return;
             }
         }
-        self.applied = desired;
-        if self.reload_pending {
-            self.reload().await;
+        self.applied = Some(desired);
+        self.write_state_file();
+        if self.runtime.is_some() && self.verify_at.is_none() {
+            self.verify_at = Some(Instant::now() + Duration::from_secs(1));
         }
     }
 
-    async fn reload(&mut self) {
-        let Some(cmd) = &self.loaded.haproxy.reload_command else {
-            self.reload_pending = false;
+    /// Carry out runtime operations; the number of commands sent.
+    async fn run_ops(&mut self, ops: &[Op]) -> Result<u64, myelin_haproxy::Error> {
+        let Some(rt) = self.runtime.clone() else { return Ok(0) };
+        let mut sent = 0u64;
+        let result = async {
+            for op in ops {
+                match op {
+                    // Back before its drain finished: the server is still there.
+                    Op::Add { backend, server } if self.draining.contains_key(&(backend.clone(), server.name.clone())) => {
+                        rt.update(backend, server).await?;
+                        rt.set_state(backend, &server.name, "ready").await?;
+                        self.draining.remove(&(backend.clone(), server.name.clone()));
+                        sent += 3;
+                    }
+                    Op::Drain { backend, name } => {
+                        sent += rt.apply(op).await? as u64;
+                        self.draining.insert((backend.clone(), name.clone()), Instant::now() + self.loaded.haproxy.drain_timeout);
+                    }
+                    op => sent += rt.apply(op).await? as u64,
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.counts.runtime_commands += sent;
+        if self.drain_check_at.is_none() {
+            self.schedule_drain_check();
+        }
+        result.map(|()| sent)
+    }
+
+    /// Delete drained servers whose sessions reached zero or whose drain timeout passed.
+    async fn finish_drains(&mut self) {
+        let Some(rt) = self.runtime.clone() else {
+            self.draining.clear();
+            self.schedule_drain_check();
             return;
         };
-        let argv = cmd.argv();
+        let sessions = match rt.sessions().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("Cannot read sessions of draining servers: {e}");
+                None
+            }
+        };
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .draining
+            .iter()
+            .filter(|((b, n), deadline)| {
+                now >= **deadline || sessions.as_ref().is_some_and(|s| s.get(&(b.to_string(), n.to_string())).copied().unwrap_or(0) == 0)
+            })
+            .map(|(k, d)| (k.clone(), *d))
+            .collect();
+        for ((backend, name), deadline) in due {
+            match rt.remove(&backend, &name).await {
+                Ok(n) => {
+                    self.counts.runtime_commands += n as u64;
+                    self.draining.remove(&(backend.clone(), name.clone()));
+                    info!(backend = %backend, server = %name, timed_out = now >= deadline, "Drained and deleted a server.");
+                }
+                Err(e) if now >= deadline + DELETE_GRACE => {
+                    self.draining.remove(&(backend.clone(), name.clone()));
+                    warn!(backend = %backend, server = %name, "Cannot delete a drained server ({e}); it stays in maintenance until the next reload.");
+                }
+                Err(_) => {}
+            }
+        }
+        self.schedule_drain_check();
+    }
+
+    /// Compare what HAProxy runs with what it should run; repair a difference with a reload.
+    async fn verify(&mut self) {
+        self.verify_at = Some(Instant::now() + self.loaded.haproxy.verify_interval);
+        let (Some(rt), Some(applied)) = (&self.runtime, &self.applied) else { return };
+        if self.reload_pending {
+            return;
+        }
+        match rt.servers_state().await {
+            Ok(observed) => {
+                let draining: Vec<_> = self.draining.keys().cloned().collect();
+                let drift = myelin_haproxy::drift(applied, &observed, &draining);
+                if !drift.is_empty() {
+                    warn!(drift = ?drift, "HAProxy's servers differ from the desired state; repairing with a reload.");
+                    self.reload_pending = self.loaded.haproxy.do_reloads;
+                    self.dirty = true;
+                }
+            }
+            Err(e) => warn!("Cannot check HAProxy's servers: {e}"),
+        }
+    }
+
+    /// Save the server state, then reload (master CLI, verified; or `reload_command`). Whether
+    /// it succeeded.
+    async fn reload(&mut self, desired: &DesiredState) -> bool {
         let now = Instant::now();
         self.gate.record(now);
-        match run_command(&argv, &[], RELOAD_TIMEOUT).await {
-            Ok(_) => {
+        if let (Some(rt), Some(path)) = (&self.runtime, &self.loaded.haproxy.server_state_file) {
+            match rt.servers_state_text().await {
+                Ok(text) => {
+                    if let Err(e) = statefile::write(path, &myelin_haproxy::filter_state_file(&text, desired)) {
+                        warn!("Cannot save the server state before the reload: {e:#}");
+                    }
+                }
+                Err(e) => {
+                    warn!("Cannot save the server state before the reload: {e}");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let result = match (&self.master, &self.loaded.haproxy.reload_command) {
+            (Some(m), _) => m.reload().await,
+            (None, Some(cmd)) => run_command(&cmd.argv(), &[], RELOAD_TIMEOUT).await.map(|_| ()),
+            (None, None) => {
                 self.reload_pending = false;
-                info!(took_ms = now.elapsed().as_millis() as u64, "Reloaded HAProxy.");
+                return true;
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.reload_pending = false;
+                self.counts.reloads += 1;
+                // Servers that were draining are gone from the new workers.
+                self.draining.clear();
+                self.schedule_drain_check();
+                info!(took_ms = now.elapsed().as_millis() as u64, reloads_total = self.counts.reloads, "Reloaded HAProxy.");
+                true
             }
             Err(e) => {
                 error!("Reloading HAProxy failed: {e}. Retrying.");
-                self.retry_at = Some(Instant::now() + MIN_RETRY.max(self.loaded.haproxy.restart_interval));
+                self.retry_later();
+                false
             }
         }
     }
@@ -275,6 +507,7 @@ impl Daemon {
         }
         self.writer = commands::writer(&new);
         self.loaded = new;
+        self.set_haproxy_clients();
         for name in restarted.iter().chain(&added) {
             self.start_watcher(name);
         }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod statefile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
