@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release test test-deps demo demo-stop clean
+.PHONY: all build release test test-deps bench demo demo-stop clean
 
 all: build
 
@@ -17,6 +17,11 @@ release:
 test: test-deps
 	$(CARGO) build -p myelin
 	$(CARGO) test --workspace --no-fail-fast
+
+# Benchmarks: report figures (see docs/performance.md); not part of `make test`.
+bench: test-deps
+	$(CARGO) build -p myelin
+	$(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep '^BENCH'
 
 test-deps:
 	integration/install-deps.sh

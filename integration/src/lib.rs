@@ -32,6 +32,8 @@ pub fn free_port() -> u16 {
 /// A tiny HTTP server on 127.0.0.1 that answers every request with its name.
 pub struct Backend {
     pub name: String,
+    /// How long each answer is held back (to keep connections open).
+    pub delay: Duration,
     pub port: u16,
     pub hits: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -39,6 +41,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Self {
+        Self::start_slow(name, Duration::ZERO)
+    }
+
+    /// A backend that waits `delay` before each answer.
+    pub fn start_slow(name: &str, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -63,6 +70,7 @@ impl Backend {
                                 }
                             }
                             h.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(delay);
                             let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
                             let _ = conn.write_all(resp.as_bytes());
                         });
@@ -71,7 +79,7 @@ impl Backend {
                 }
             }
         });
-        Self { name: name.to_owned(), port, hits, stop }
+        Self { name: name.to_owned(), delay, port, hits, stop }
     }
 
     /// A backends-file entry for this backend.
@@ -91,7 +99,9 @@ pub fn get(port: u16, path: &str) -> Result<(u16, String)> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    s.set_nodelay(true)?;
+    // One write: several small ones would wait on delayed ACKs.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.split_whitespace().nth(1).context("no status line")?.parse()?;
@@ -112,6 +122,29 @@ pub fn spray(port: u16, n: usize) -> (std::collections::BTreeSet<String>, usize)
         }
     }
     (seen, failed)
+}
+
+/// A bounded load loop in a thread: GETs through `port` every `pause`, at most `max` requests
+/// or until `stop` is set or `limit` passes. Join it for (requests, failures, first failures).
+pub fn load_loop(port: u16, pause: Duration, max: usize, limit: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let (mut n, mut failed, mut why) = (0, 0, Vec::new());
+        while n < max && t0.elapsed() < limit && !stop.load(Ordering::Relaxed) {
+            n += 1;
+            match get(port, "/") {
+                Ok((200, _)) => {}
+                other => {
+                    failed += 1;
+                    if why.len() < 5 {
+                        why.push(format!("{other:?}"));
+                    }
+                }
+            }
+            std::thread::sleep(pause);
+        }
+        (n, failed, why)
+    })
 }
 
 /// Poll `f` every 10 ms until it is true or `timeout` passes; how long it took.
@@ -287,7 +320,28 @@ haproxy:
 
     /// Ask HAProxy's master CLI something.
     pub fn master_cli(&self, cmd: &str) -> Result<String> {
-        let mut s = std::os::unix::net::UnixStream::connect(self.path("master.sock"))?;
+        self.socket_cli("master.sock", cmd)
+    }
+
+    /// Ask HAProxy's runtime API (the stats socket `haproxy.sock`) something.
+    pub fn runtime_cli(&self, cmd: &str) -> Result<String> {
+        self.socket_cli("haproxy.sock", cmd)
+    }
+
+    /// Servers of a backend as `show servers state` lists them: (name, port, weight).
+    pub fn servers(&self, backend: &str) -> Result<Vec<(String, u16, u16)>> {
+        let out = self.runtime_cli(&format!("show servers state {backend}"))?;
+        let mut v = Vec::new();
+        for line in out.lines().skip(1).filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            v.push((f[3].to_owned(), f[18].parse()?, f[7].parse()?));
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    fn socket_cli(&self, name: &str, cmd: &str) -> Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(self.path(name))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         writeln!(s, "{cmd}")?;
         // The master CLI answers once the write side is closed.

@@ -251,25 +251,28 @@ pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &[(Back
 }
 
 /// Keep only the `show servers state` lines that agree with `desired` (same backend, server,
-/// address and port), so that loading the file after a reload restores health and weights but
-/// never an old address.
+/// address and port), with the desired weight written in, so that loading the file after a
+/// reload restores health state but never an old address or weight.
 pub fn filter_state_file(text: &str, desired: &DesiredState) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let keep = line.starts_with('#')
-            || f.len() == 1
-            || (f.len() >= 19
-                && desired.services.values().any(|s| {
-                    s.shape.backend_name.as_str() == f[1]
-                        && s.servers.get(&match ServerName::parse(f[3]) {
-                            Ok(n) => n,
-                            Err(_) => return false,
-                        })
-                        .is_some_and(|srv| srv.host.as_str() == f[4] && srv.port.to_string() == f[18])
-                }));
-        if keep && !line.trim().is_empty() {
+        let mut f: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        if line.starts_with('#') || f.len() == 1 {
             out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if f.len() < 19 {
+            continue;
+        }
+        let server = ServerName::parse(&f[3]).ok().and_then(|name| {
+            desired.services.values().find(|s| s.shape.backend_name.as_str() == f[1]).and_then(|s| s.servers.get(&name))
+        });
+        if let Some(srv) = server.filter(|srv| srv.host.as_str() == f[4] && srv.port.to_string() == f[18]) {
+            let w = weight_of(srv).to_string();
+            f[7] = w.clone();
+            f[8] = w;
+            out.push_str(&f.join(" "));
             out.push('\n');
         }
     }
@@ -352,6 +355,26 @@ mod tests {
         assert_eq!((s[0].name.as_str(), s[0].port, s[0].weight, s[0].admin_state), ("a", 19081, 10, 0));
         assert_eq!((s[1].name.as_str(), s[1].admin_state), ("b", 1));
         assert!(parse_servers_state("Unknown command.\n").is_err());
+    }
+
+    #[test]
+    fn state_file_keeps_only_what_agrees_and_writes_desired_weights() {
+        use myelin_core::{BackendOrder, DesiredService, Host, Port, ServiceName, ServiceShape, Weight};
+        let server = |name: &str, port: u16, w: u16| Server {
+            name: ServerName::parse(name).unwrap(),
+            host: Host::parse("127.0.0.1").unwrap(),
+            port: Port::new(port).unwrap(),
+            weight: Some(Weight::parse(&w.to_string()).unwrap()),
+            options: None,
+        };
+        let servers = [server("a", 19081, 3), server("b", 1, 1)].into_iter().map(|s| (s.name.clone(), s)).collect();
+        let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
+        let desired = DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..DesiredState::default() };
+        let out = filter_state_file(STATE, &desired);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[0], "1");
+        assert!(lines[2].starts_with("3 web 1 a 127.0.0.1 2 0 3 3 "), "{out}");
     }
 
     #[test]

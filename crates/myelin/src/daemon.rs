@@ -279,6 +279,31 @@ impl Daemon {
             _ => None,
         };
         let text = myelin_haproxy::render(&desired);
+        // Membership changes go to HAProxy first (milliseconds), the file right after: its
+        // structure was validated before and servers alone cannot make it invalid.
+        let mut fell_back = false;
+        if let Some(ops) = ops.filter(|o| !o.is_empty()) {
+            match self.run_ops(&ops).await {
+                Ok(commands) => {
+                    match self.writer.install(&text).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
+                            self.dirty = true;
+                            self.retry_later();
+                        }
+                    }
+                    info!(added, removed, changed, commands, reloads_total = self.counts.reloads, runtime_commands_total = self.counts.runtime_commands, "Applied through the runtime API; no reload.");
+                    self.applied = Some(desired);
+                    self.write_state_file();
+                    return;
+                }
+                Err(e) => {
+                    warn!("The runtime API failed ({e}); falling back to a reload.");
+                    fell_back = true;
+                }
+            }
+        }
         let outcome = match self.writer.install(&text).await {
             Ok(o) => o,
             Err(e @ myelin_haproxy::Error::Rejected { .. }) => {
@@ -297,25 +322,11 @@ impl Daemon {
         if outcome == InstallOutcome::Unchanged && first {
             info!(servers = desired.server_count(), "haproxy.cfg is already up to date; no reload needed.");
         }
-        match ops {
-            Some(ops) if !ops.is_empty() => match self.run_ops(&ops).await {
-                Ok(commands) => {
-                    info!(added, removed, changed, commands, reloads_total = self.counts.reloads, runtime_commands_total = self.counts.runtime_commands, "Applied through the runtime API; no reload.");
-                    self.applied = Some(desired);
-                    self.write_state_file();
-                    return;
-                }
-                Err(e) => {
-                    warn!("The runtime API failed ({e}); falling back to a reload.");
-                    self.reload_pending = self.loaded.haproxy.do_reloads;
-                }
-            },
-            Some(_) => {}
-            None => match outcome {
-                InstallOutcome::Installed => self.reload_pending = self.loaded.haproxy.do_reloads,
-                InstallOutcome::NotWritten => info!(added, removed, changed, "Changes computed; not written (do_writes is off)."),
-                InstallOutcome::Unchanged => {}
-            },
+        let unknown = current.is_none() || plan.as_ref().is_some_and(|p| p.reload_required());
+        if fell_back || (outcome == InstallOutcome::Installed && unknown) || (outcome == InstallOutcome::Installed && self.runtime.is_none()) {
+            self.reload_pending = self.loaded.haproxy.do_reloads;
+        } else if outcome == InstallOutcome::NotWritten {
+            info!(added, removed, changed, "Changes computed; not written (do_writes is off).");
         }
         if outcome == InstallOutcome::Installed {
             info!(added, removed, changed, structural = plan.as_ref().is_none_or(|p| p.reload_required()), servers = desired.server_count(), "Installed a new haproxy.cfg.");

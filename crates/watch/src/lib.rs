@@ -46,7 +46,7 @@ pub fn sources(discovery: &Discovery) -> Result<Vec<(String, Opener)>, WatchErro
         Discovery::Static(_) => Ok(vec![(String::new(), Box::new(|| static_source()) as Opener)]),
         Discovery::File(f) => {
             let path = f.path.clone();
-            Ok(vec![(String::new(), Box::new(move || file_source(path.clone(), Duration::from_millis(50))) as Opener)])
+            Ok(vec![(String::new(), Box::new(move || file_source(path.clone(), Duration::from_millis(25))) as Opener)])
         }
         other => Err(WatchError::Unsupported(other.method())),
     }
