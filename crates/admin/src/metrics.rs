@@ -65,7 +65,7 @@ impl Metrics {
         registry.register("haproxy_runtime_commands", "Commands sent to HAProxy's runtime API, by outcome", m.runtime_commands.clone());
         registry.register_with_unit(
             "update_to_apply",
-            "Time from a discovery change to the haproxy.cfg that carries it being in force",
+            "Time from a discovery change to the install of the haproxy.cfg that carries it",
             Unit::Seconds,
             m.update_to_apply.clone(),
         );

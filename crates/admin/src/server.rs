@@ -21,9 +21,13 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// Bind the admin listener (before anything else happens, so a taken port is reported at once).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+/// Bind the admin listener now (so a taken port is reported at once, also from code that cannot
+/// await). Must be called within a tokio runtime.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let err = |source| Error::Bind { addr, source };
+    let l = std::net::TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(l).map_err(err)
 }
 
 /// The routes, on their own (for tests).
@@ -93,7 +97,7 @@ mod tests {
         );
         let (tx, rx) = watch::channel(Arc::new(snap.clone()));
         let metrics = Arc::new(Metrics::new("0.0.0"));
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(serve(listener, rx, metrics.clone()));
 
@@ -118,9 +122,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_port_is_a_clear_error() {
-        let first = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = first.local_addr().unwrap();
-        let e = bind(addr).await.unwrap_err().to_string();
+        let e = bind(addr).unwrap_err().to_string();
         assert!(e.starts_with(&format!("cannot listen on {addr}")), "{e}");
     }
 }

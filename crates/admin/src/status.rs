@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub ready: bool,
     pub config: ConfigStatus,
     pub haproxy: HaproxyStatus,
+    /// Synapse's `file_output`, when configured.
+    pub file_output: Option<FileOutputStatus>,
     pub services: BTreeMap<String, ServiceStatus>,
 }
 
@@ -35,6 +37,12 @@ pub struct HaproxyStatus {
     pub last_apply: Option<Outcome>,
     /// The last time myelin ran `reload_command`.
     pub last_reload: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileOutputStatus {
+    pub directory: String,
+    pub last_write: Option<Outcome>,
 }
 
 /// What happened, when, and (for failures) why.
@@ -150,6 +158,9 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
     let _ = writeln!(out, "haproxy  {}", s.haproxy.config_file_path);
     let _ = writeln!(out, "  last apply:  {}", outcome_text(&s.haproxy.last_apply, now));
     let _ = writeln!(out, "  last reload: {}", outcome_text(&s.haproxy.last_reload, now));
+    if let Some(f) = &s.file_output {
+        let _ = writeln!(out, "file_output {}  last write: {}", f.directory, outcome_text(&f.last_write, now));
+    }
     let _ = writeln!(out);
     let header = ["SERVICE", "METHOD", "WATCHER", "BACKENDS", "LAST UPDATE", "LAST APPLY", "REJECTED", "RECONNECTS"];
     let mut rows: Vec<[String; 8]> = Vec::new();
@@ -256,6 +267,7 @@ mod tests {
                 last_reload: Some(Outcome { at: timestamp(t0), outcome: "invalid".into(), error: Some("line 3: bad".into()) }),
             },
             haproxy: HaproxyStatus { config_file_path: "/etc/haproxy/haproxy.cfg".into(), last_apply: None, last_reload: None },
+            file_output: None,
             services,
         }
     }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::commands;
+use crate::observe::{ApplyOutcome, Observer};
 
 /// How long the first apply waits for every source to sync before it goes ahead with what is known.
 const STARTUP_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +56,8 @@ struct Daemon {
     retry_at: Option<Instant>,
     applied: DesiredState,
     rejected_total: u64,
+    /// Status, metrics, systemd notifications and file_output.
+    obs: Observer,
 }
 
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -63,6 +66,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let (tx, rx) = mpsc::channel(1024);
+    let obs = Observer::start(&loaded)?;
     let mut d = Daemon {
         path: path.to_path_buf(),
         store: Store::new(loaded.services.iter().map(|(n, s)| (n.clone(), s.store))),
@@ -79,6 +83,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         retry_at: None,
         applied: DesiredState::default(),
         rejected_total: 0,
+        obs,
     };
     let services: Vec<_> = d.loaded.services.keys().cloned().collect();
     for name in services {
@@ -104,8 +109,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = sleep_until(wake), if wake.is_some() => d.apply().await,
+            _ = d.obs.tick() => {}
         }
     }
+    d.obs.stopping();
     d.watchers.clear();
     Ok(())
 }
@@ -156,6 +163,7 @@ impl Daemon {
         match ev.kind {
             EventKind::Update(update) => {
                 let applied = self.store.apply(service, &ev.partition, update);
+                self.obs.update(service, &applied);
                 for r in &applied.rejected {
                     self.rejected_total += 1;
                     warn!(%service, server = %r.key, reason = %r.error, rejected_total = self.rejected_total, "Rejected a discovery record.");
@@ -166,12 +174,16 @@ impl Daemon {
                 self.dirty |= applied.changed;
             }
             EventKind::Problem(e @ myelin_watch::WatchError::Entry { .. }) => {
+                self.obs.problem(service, &e);
                 self.rejected_total += 1;
                 warn!(%service, rejected_total = self.rejected_total, "{e}");
             }
-            EventKind::Problem(e) => warn!(%service, "{e}; the service keeps its current backends."),
+            EventKind::Problem(e) => {
+                self.obs.problem(service, &e);
+                warn!(%service, "{e}; the service keeps its current backends.");
+            }
             // The supervisor logs state changes itself.
-            EventKind::Disconnected { .. } => {}
+            EventKind::Disconnected { .. } => self.obs.disconnected(service),
         }
     }
 
@@ -184,7 +196,16 @@ impl Daemon {
         self.started = true;
         self.dirty = false;
         self.retry_at = None;
-        match self.writer.install(&text).await {
+        let result = self.writer.install(&text).await;
+        let outcome = match &result {
+            Ok(InstallOutcome::Unchanged) => ApplyOutcome::Unchanged,
+            Ok(InstallOutcome::NotWritten) => ApplyOutcome::NotWritten,
+            Ok(InstallOutcome::Installed) => ApplyOutcome::Installed,
+            Err(e @ myelin_haproxy::Error::Rejected { .. }) => ApplyOutcome::Rejected(e.to_string()),
+            Err(e) => ApplyOutcome::Failed(e.to_string()),
+        };
+        self.obs.applied(&self.applied, &desired, &self.store, &outcome);
+        match result {
             Ok(InstallOutcome::Unchanged) => {
                 if first {
                     info!(servers = desired.server_count(), "haproxy.cfg is already up to date; no reload needed.");
@@ -227,9 +248,11 @@ impl Daemon {
         match run_command(&argv, &[], RELOAD_TIMEOUT).await {
             Ok(_) => {
                 self.reload_pending = false;
+                self.obs.reloaded(Ok(()));
                 info!(took_ms = now.elapsed().as_millis() as u64, "Reloaded HAProxy.");
             }
             Err(e) => {
+                self.obs.reloaded(Err(e.to_string()));
                 error!("Reloading HAProxy failed: {e}. Retrying.");
                 self.retry_at = Some(Instant::now() + MIN_RETRY.max(self.loaded.haproxy.restart_interval));
             }
@@ -239,10 +262,12 @@ impl Daemon {
     /// SIGHUP: load the configuration again; only a valid one replaces the running one.
     fn reload_config(&mut self) {
         info!(config = %self.path.display(), "SIGHUP: reloading the configuration.");
+        self.obs.config_reloading();
         let new = match commands::load(&self.path) {
             Ok(n) => n,
             Err(e) => {
                 error!("The new configuration is invalid; keeping the running one:\n{e:#}");
+                self.obs.config_reloaded(Err(format!("{e:#}")));
                 return;
             }
         };
@@ -279,6 +304,8 @@ impl Daemon {
             self.start_watcher(name);
         }
         self.dirty = true;
+        self.obs.configure(&self.loaded, &restarted);
+        self.obs.config_reloaded(Ok(()));
         info!(added = added.len(), removed, restarted = restarted.len(), "Configuration reloaded.");
     }
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod observe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
