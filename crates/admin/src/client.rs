@@ -8,7 +8,7 @@ use crate::Error;
 
 /// One HTTP/1.0 GET: the status code and body.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), Error> {
-    let io = |source| Error::Request { addr, source };
+    let io = |error| Error::Request { addr, error };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;

@@ -16,12 +16,12 @@ pub use status::{render_table, timestamp, BackendStatus, ConfigStatus, FileOutpu
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error("admin listener failed: {0}")]
     Serve(std::io::Error),
-    #[error("cannot ask {addr}: {source}")]
-    Request { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot ask {addr}: {error}")]
+    Request { addr: SocketAddr, error: std::io::Error },
     #[error("unexpected answer from {addr}: {reason}")]
     Response { addr: SocketAddr, reason: String },
 }

@@ -24,7 +24,7 @@ struct AppState {
 /// Bind the admin listener now (so a taken port is reported at once, also from code that cannot
 /// await). Must be called within a tokio runtime.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    let err = |source| Error::Bind { addr, source };
+    let err = |error| Error::Bind { addr, error };
     let l = std::net::TcpListener::bind(addr).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
     TcpListener::from_std(l).map_err(err)
