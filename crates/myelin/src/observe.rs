@@ -95,8 +95,8 @@ struct Notifier {
 
 impl Notifier {
     fn from_env() -> Self {
-        let mut usec = 0;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
+        let watchdog = watchdog_usec(std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok(), std::process::id())
+            .map(|usec| Duration::from_micros(usec) / 2);
         if let Some(w) = watchdog {
             info!(ping_every_ms = w.as_millis() as u64, "systemd watchdog is on.");
         }
@@ -429,6 +429,41 @@ impl Observer {
     }
 }
 
+/// As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC` applies to this process unless
+/// `WATCHDOG_PID` names another one.
+fn watchdog_usec(usec: Option<String>, pid: Option<String>, me: u32) -> Option<u64> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    match pid {
+        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
+        _ => Some(usec),
+    }
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_is_ours_unless_another_pid_is_named() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(watchdog_usec(s("200000"), None, 7), Some(200_000));
+        assert_eq!(watchdog_usec(s("200000"), s("7"), 7), Some(200_000));
+        assert_eq!(watchdog_usec(s("200000"), s("8"), 7), None);
+        assert_eq!(watchdog_usec(s("0"), None, 7), None);
+        assert_eq!(watchdog_usec(s("soon"), None, 7), None);
+        assert_eq!(watchdog_usec(None, s("7"), 7), None);
+    }
+
+    #[test]
+    fn apply_outcomes_have_the_metric_words() {
+        let all = [ApplyOutcome::Installed, ApplyOutcome::Unchanged, ApplyOutcome::NotWritten, ApplyOutcome::Rejected("x".into()), ApplyOutcome::Failed("y".into())];
+        let words: Vec<_> = all.iter().map(ApplyOutcome::word).collect();
+        assert_eq!(words, myelin_admin::APPLY_OUTCOMES);
+        assert_eq!(all[3].error().as_deref(), Some("x"));
+        assert_eq!(all[0].error(), None);
+    }
 }
