@@ -308,10 +308,17 @@ haproxy:
 
     /// Start `myelin run` and wait until it has installed its signal handlers.
     pub fn start_myelin(&self, config: &Path) -> Result<Proc> {
-        let mut p = spawn_logged(
-            Command::new(myelin_bin()).args(["run", "-c", config.to_str().unwrap()]).env("MYELIN_LOG", "info,myelin=debug"),
-            self.path("myelin.log"),
-        )?;
+        self.start_myelin_env(config, &[])
+    }
+
+    /// As [`Env::start_myelin`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_myelin_env(&self, config: &Path, vars: &[(&str, &str)]) -> Result<Proc> {
+        let mut cmd = Command::new(myelin_bin());
+        cmd.args(["run", "-c", config.to_str().unwrap()]).env("MYELIN_LOG", "info,myelin=debug");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut p = spawn_logged(&mut cmd, self.path("myelin.log"))?;
         if wait_for(Duration::from_secs(10), || p.log().contains("started.") || !p.is_running()).is_none() || !p.is_running() {
             bail!("myelin did not start: {}", p.log());
         }

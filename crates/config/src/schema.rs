@@ -18,6 +18,24 @@ pub struct Config {
     pub file_output: Option<FileOutputConfig>,
     /// Synapse's statsd settings: read, not supported yet.
     pub statsd: Option<StatsdConfig>,
+    /// myelin's own: the admin HTTP listener (`/health`, `/ready`, `/status`, `/metrics`).
+    /// Off unless set.
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ADDRESS:PORT` (an IP address), or a port alone for `127.0.0.1:PORT`.
+    pub bind: AdminBind,
+}
+
+/// `admin.bind`: a port number, or text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "a port number or \"ADDRESS:PORT\"")]
+pub enum AdminBind {
+    Port(u64),
+    Text(String),
 }
 
 /// One or many: Synapse's lists may be written as a single string.

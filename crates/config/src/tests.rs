@@ -151,3 +151,25 @@ fn the_runtime_api_adds_its_lines_unless_given() {
     assert!(!l.spec.sections.global.iter().any(|l| l.as_str().starts_with("stats socket")));
     assert!(err("haproxy:\n  do_reloads: false\n  do_socket: true\n").contains("socket_file_path"));
 }
+
+#[test]
+fn admin_listener_defaults_to_loopback_and_bad_binds_are_errors() {
+    assert_eq!(ok(MIN).admin, None);
+    assert_eq!(ok(&format!("{MIN}admin: {{bind: 9213}}\n")).admin, Some("127.0.0.1:9213".parse().unwrap()));
+    assert_eq!(ok(&format!("{MIN}admin: {{bind: '9213'}}\n")).admin, Some("127.0.0.1:9213".parse().unwrap()));
+    assert_eq!(ok(&format!("{MIN}admin: {{bind: '0.0.0.0:80'}}\n")).admin, Some("0.0.0.0:80".parse().unwrap()));
+    assert_eq!(ok(&format!("{MIN}admin: {{bind: '[::1]:9213'}}\n")).admin, Some("[::1]:9213".parse().unwrap()));
+    let e = err(&format!("{MIN}admin: {{bind: 'localhost:9213'}}\n"));
+    assert!(e.contains("admin.bind") && e.contains("not ADDRESS:PORT"), "{e}");
+    let e = err(&format!("{MIN}admin: {{bind: 70000}}\n"));
+    assert!(e.contains("admin.bind") && e.contains("1 to 65535"), "{e}");
+    let e = err(&format!("{MIN}admin: {{bnd: 1}}\n"));
+    assert!(e.contains("did you mean `bind`?"), "{e}");
+}
+
+#[test]
+fn file_output_is_supported() {
+    let l = ok(&format!("{MIN}file_output: {{output_directory: out}}\n"));
+    assert_eq!(l.file_output, Some(PathBuf::from("/etc/myelin/out")));
+    assert!(l.notices.iter().all(|n| !n.message.contains("file_output")), "{:?}", l.notices);
+}

@@ -3,6 +3,7 @@
 //! the first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use myelin_core::{
 use crate::error::{ConfigError, Notice};
 use crate::load::resolve;
 use crate::placement::{place, Placement};
-use crate::schema::{BackendOrderConfig, CommandConfig, Config, Discovery, Lines, ServerEntry, ServiceConfig};
+use crate::schema::{AdminBind, BackendOrderConfig, CommandConfig, Config, Discovery, Lines, ServerEntry, ServiceConfig};
 
 /// A command to run: through `sh -c`, or directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +70,10 @@ pub struct Loaded {
     pub spec: Spec,
     pub services: BTreeMap<ServiceName, ServiceRuntime>,
     pub haproxy: HaproxySettings,
+    /// Synapse's `file_output.output_directory`.
     pub file_output: Option<PathBuf>,
+    /// Where the admin HTTP listener binds, when it is on.
+    pub admin: Option<SocketAddr>,
     /// Translations made and keys not supported yet: to be shown as warnings.
     pub notices: Vec<Notice>,
 }
@@ -221,14 +225,38 @@ pub(crate) fn validate(file: &Path, config: Config, sources: &[(PathBuf, String)
         cx.not_supported("statsd", "statsd");
     }
     let file_output = config.file_output.as_ref().map(|f| resolve(file, &f.output_directory));
-    if file_output.is_some() {
-        cx.not_supported("file_output", "file_output");
+    if config.file_output.as_ref().is_some_and(|f| f.output_directory.as_os_str().is_empty()) {
+        cx.error("file_output.output_directory", "output_directory", "must not be empty");
     }
+    let admin = config.admin.as_ref().and_then(|a| match admin_bind(&a.bind) {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            cx.error("admin.bind", "bind", e);
+            None
+        }
+    });
 
     if cx.errors.is_empty() {
-        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, notices: cx.notices })
+        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices })
     } else {
         Err(cx.errors)
+    }
+}
+
+/// `admin.bind`: a port alone means 127.0.0.1, so nothing is exposed by accident.
+fn admin_bind(b: &AdminBind) -> Result<SocketAddr, String> {
+    let port = |n: u64| u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| format!("port {n} is not from 1 to 65535"));
+    match b {
+        AdminBind::Port(n) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port(*n)?)),
+        AdminBind::Text(t) => {
+            let t = t.trim();
+            if let Ok(n) = t.parse::<u64>() {
+                return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port(n)?));
+            }
+            let addr: SocketAddr = t.parse().map_err(|_| format!("{t:?} is not ADDRESS:PORT with an IP address (e.g. 127.0.0.1:9213 or [::1]:9213), nor a port"))?;
+            port(u64::from(addr.port()))?;
+            Ok(addr)
+        }
     }
 }
 

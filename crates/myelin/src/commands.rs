@@ -113,3 +113,51 @@ pub async fn render(path: &Path, timeout: f64) -> anyhow::Result<()> {
     print!("{}", myelin_haproxy::render(&DesiredState::build(&loaded.spec, &store)));
     Ok(())
 }
+
+/// Where `myelin status` finds the admin listener: `--admin`, else the config's `admin.bind`.
+/// A listener on every address is asked on loopback.
+fn admin_address(config: &Path, admin: Option<&str>) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let addr = match admin {
+        Some(a) => match a.trim().parse::<u16>() {
+            Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            Err(_) => a.trim().parse().with_context(|| format!("--admin {a:?} is not ADDRESS:PORT with an IP address, nor a port"))?,
+        },
+        None => {
+            let loaded = load(config)?;
+            loaded.admin.with_context(|| {
+                format!("the admin listener is off in {}: add `admin: {{bind: 127.0.0.1:9213}}` and reload myelin, or give --admin", config.display())
+            })?
+        }
+    };
+    Ok(match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port()),
+        _ => addr,
+    })
+}
+
+pub async fn status(config: &Path, admin: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let addr = admin_address(config, admin)?;
+    let snap = tokio::task::spawn_blocking(move || myelin_admin::client::fetch_status(addr, Duration::from_secs(5)))
+        .await
+        .context("asking the admin listener")?
+        .with_context(|| format!("is myelin running with its admin listener on {addr}?"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snap).context("printing the status")?);
+    } else {
+        print!("{}", myelin_admin::render_table(&snap, std::time::SystemTime::now()));
+    }
+    Ok(())
+}
+
+/// See `myelin configured --help`.
+pub fn configured(config: &Path) -> std::process::ExitCode {
+    match myelin_config::load(config) {
+        Ok(l) if l.services.is_empty() && l.spec.services.is_empty() => {
+            eprintln!("{} defines no services: not starting. Edit it, then `systemctl start myelin`.", config.display());
+            std::process::ExitCode::from(1)
+        }
+        _ => std::process::ExitCode::SUCCESS,
+    }
+}

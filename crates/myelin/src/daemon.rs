@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::observe::{ApplyOutcome, Observer};
 use crate::{commands, statefile};
 
 /// How long the first apply waits for every source to sync before it goes ahead with what is known.
@@ -71,6 +72,8 @@ struct Daemon {
     /// The state file's last written text.
     state_written: Option<String>,
     counts: Counts,
+    /// Status, metrics, systemd notifications and file_output.
+    obs: Observer,
 }
 
 /// Running totals, logged with each apply.
@@ -87,6 +90,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let (tx, rx) = mpsc::channel(1024);
+    let obs = Observer::start(&loaded)?;
     let mut d = Daemon {
         path: path.to_path_buf(),
         store: Store::new(loaded.services.iter().map(|(n, s)| (n.clone(), s.store))),
@@ -110,6 +114,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         verify_at: None,
         state_written: None,
         counts: Counts::default(),
+        obs,
     };
     d.set_haproxy_clients();
     d.seed_from_state_file();
@@ -140,8 +145,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             _ = sleep_until(wake), if wake.is_some() => d.apply().await,
             _ = sleep_until(drain_at), if drain_at.is_some() => d.finish_drains().await,
             _ = sleep_until(verify_at), if verify_at.is_some() => d.verify().await,
+            _ = d.obs.tick() => {}
         }
     }
+    d.obs.stopping();
     d.watchers.clear();
     Ok(())
 }
@@ -192,6 +199,7 @@ impl Daemon {
         match ev.kind {
             EventKind::Update(update) => {
                 let applied = self.store.apply(service, &ev.partition, update);
+                self.obs.update(service, &applied);
                 for r in &applied.rejected {
                     self.counts.rejected += 1;
                     warn!(%service, server = %r.key, reason = %r.error, rejected_total = self.counts.rejected, "Rejected a discovery record.");
@@ -202,12 +210,16 @@ impl Daemon {
                 self.dirty |= applied.changed;
             }
             EventKind::Problem(e @ myelin_watch::WatchError::Entry { .. }) => {
+                self.obs.problem(service, &e);
                 self.counts.rejected += 1;
                 warn!(%service, rejected_total = self.counts.rejected, "{e}");
             }
-            EventKind::Problem(e) => warn!(%service, "{e}; the service keeps its current backends."),
+            EventKind::Problem(e) => {
+                self.obs.problem(service, &e);
+                warn!(%service, "{e}; the service keeps its current backends.");
+            }
             // The supervisor logs state changes itself.
-            EventKind::Disconnected { .. } => {}
+            EventKind::Disconnected { .. } => self.obs.disconnected(service),
         }
     }
 
@@ -285,14 +297,16 @@ impl Daemon {
         if let Some(ops) = ops.filter(|o| !o.is_empty()) {
             match self.run_ops(&ops).await {
                 Ok(commands) => {
-                    match self.writer.install(&text).await {
-                        Ok(_) => {}
+                    let outcome = match self.writer.install(&text).await {
+                        Ok(_) => ApplyOutcome::Installed,
                         Err(e) => {
                             error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
                             self.dirty = true;
                             self.retry_later();
+                            ApplyOutcome::Failed(e.to_string())
                         }
-                    }
+                    };
+                    self.observe_apply(&desired, &outcome);
                     info!(added, removed, changed, commands, reloads_total = self.counts.reloads, runtime_commands_total = self.counts.runtime_commands, "Applied through the runtime API; no reload.");
                     self.applied = Some(desired);
                     self.write_state_file();
@@ -308,16 +322,26 @@ impl Daemon {
             Ok(o) => o,
             Err(e @ myelin_haproxy::Error::Rejected { .. }) => {
                 error!("{e}. The config in force is unchanged.");
+                self.observe_apply(&desired, &ApplyOutcome::Rejected(e.to_string()));
                 self.refused = Some(desired);
                 return;
             }
             Err(e) => {
                 error!("Writing haproxy.cfg failed: {e}. Retrying.");
+                self.observe_apply(&desired, &ApplyOutcome::Failed(e.to_string()));
                 self.dirty = true;
                 self.retry_later();
                 return;
             }
         };
+        self.observe_apply(
+            &desired,
+            &match outcome {
+                InstallOutcome::Installed => ApplyOutcome::Installed,
+                InstallOutcome::Unchanged => ApplyOutcome::Unchanged,
+                InstallOutcome::NotWritten => ApplyOutcome::NotWritten,
+            },
+        );
         self.refused = None;
         if outcome == InstallOutcome::Unchanged && first {
             info!(servers = desired.server_count(), "haproxy.cfg is already up to date; no reload needed.");
@@ -341,6 +365,11 @@ impl Daemon {
         if self.runtime.is_some() && self.verify_at.is_none() {
             self.verify_at = Some(Instant::now() + Duration::from_secs(1));
         }
+    }
+
+    fn observe_apply(&mut self, desired: &DesiredState, outcome: &ApplyOutcome) {
+        let before = self.applied.clone().unwrap_or_default();
+        self.obs.applied(&before, desired, &self.store, outcome);
     }
 
     /// Carry out runtime operations; the number of commands sent.
@@ -368,6 +397,7 @@ impl Daemon {
         }
         .await;
         self.counts.runtime_commands += sent;
+        self.obs.runtime_commands(sent, result.is_err());
         if self.drain_check_at.is_none() {
             self.schedule_drain_check();
         }
@@ -401,6 +431,7 @@ impl Daemon {
             match rt.remove(&backend, &name).await {
                 Ok(n) => {
                     self.counts.runtime_commands += n as u64;
+                    self.obs.runtime_commands(n as u64, false);
                     self.draining.remove(&(backend.clone(), name.clone()));
                     info!(backend = %backend, server = %name, timed_out = now >= deadline, "Drained and deleted a server.");
                 }
@@ -469,10 +500,12 @@ impl Daemon {
                 self.draining.clear();
                 self.schedule_drain_check();
                 info!(took_ms = now.elapsed().as_millis() as u64, reloads_total = self.counts.reloads, "Reloaded HAProxy.");
+                self.obs.reloaded(Ok(()));
                 true
             }
             Err(e) => {
                 error!("Reloading HAProxy failed: {e}. Retrying.");
+                self.obs.reloaded(Err(e.to_string()));
                 self.retry_later();
                 false
             }
@@ -482,10 +515,12 @@ impl Daemon {
     /// SIGHUP: load the configuration again; only a valid one replaces the running one.
     fn reload_config(&mut self) {
         info!(config = %self.path.display(), "SIGHUP: reloading the configuration.");
+        self.obs.config_reloading();
         let new = match commands::load(&self.path) {
             Ok(n) => n,
             Err(e) => {
                 error!("The new configuration is invalid; keeping the running one:\n{e:#}");
+                self.obs.config_reloaded(Err(format!("{e:#}")));
                 return;
             }
         };
@@ -523,6 +558,8 @@ impl Daemon {
             self.start_watcher(name);
         }
         self.dirty = true;
+        self.obs.configure(&self.loaded, &restarted);
+        self.obs.config_reloaded(Ok(()));
         info!(added = added.len(), removed, restarted = restarted.len(), "Configuration reloaded.");
     }
 }

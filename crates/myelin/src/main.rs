@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod observe;
 mod statefile;
 
 use std::path::PathBuf;
@@ -14,8 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "myelin", version, about, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MYELIN_LOG_FORMAT")]
+    /// Log format on stderr. `auto`: plain text, without timestamps or colours when stderr is
+    /// the systemd journal (which adds its own).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "MYELIN_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -23,6 +25,7 @@ struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
+    Auto,
     Text,
     Json,
 }
@@ -50,11 +53,46 @@ enum Command {
         #[arg(long, default_value = "5", value_name = "SECONDS")]
         timeout: f64,
     },
+    /// Show what the running daemon is doing, as a table: each service's watcher, backends, last
+    /// update and last apply. Asks the admin listener (`admin.bind` in the config, or --admin).
+    Status {
+        #[arg(short, long, env = "MYELIN_CONFIG", default_value = "/etc/myelin/myelin.yaml")]
+        config: PathBuf,
+        /// The admin listener's address (ADDRESS:PORT, or a port for 127.0.0.1), instead of
+        /// reading it from the config.
+        #[arg(long, value_name = "ADDRESS")]
+        admin: Option<String>,
+        /// Print the status document as JSON, as `/status` serves it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// For systemd's ExecCondition: exit 0 when the configuration defines at least one service
+    /// (or cannot be read, so that `run` reports why), 1 when it defines none, as the packaged
+    /// example does until it is edited.
+    #[command(hide = true)]
+    Configured {
+        #[arg(short, long, env = "MYELIN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the manual page (roff) on stdout.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Exit statuses.
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
+
+/// Whether stderr is the systemd journal: `JOURNAL_STREAM` names its device and inode.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else { return false };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -65,7 +103,8 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Auto if stderr_is_journal() => builder.with_ansi(false).without_time().init(),
+        LogFormat::Auto | LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -73,6 +112,20 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    match &cli.command {
+        Command::Configured { config } => return commands::configured(config),
+        Command::Manpage => {
+            use clap::CommandFactory;
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: writing the manual page: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -85,6 +138,8 @@ fn main() -> ExitCode {
             Command::Run { config } => daemon::run(&config).await,
             Command::Check { config } => commands::check(&config).await,
             Command::Render { config, timeout } => commands::render(&config, timeout).await,
+            Command::Status { config, admin, json } => commands::status(&config, admin.as_deref(), json).await,
+            Command::Configured { .. } | Command::Manpage => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

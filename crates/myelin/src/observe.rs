@@ -1,0 +1,480 @@
+//! What the daemon tells the world about itself: the status snapshot (published through a
+//! `watch` channel to the admin listener), the Prometheus metrics, systemd's notifications
+//! (`READY=1`, `RELOADING=1`, `STATUS=`, `WATCHDOG=1`) and Synapse's `file_output`.
+//!
+//! The daemon task owns an [`Observer`] and calls one hook per thing that happened; nothing
+//! here is shared with another task but the published snapshot and the metrics' atomics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use myelin_admin::{
+    timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceStatus, Snapshot, WatcherState,
+};
+use myelin_config::Loaded;
+use myelin_core::{Applied, DesiredState, ServiceName, Store};
+use myelin_output::FileOutput;
+use myelin_watch::WatchError;
+use sd_notify::NotifyState;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+/// If no apply has succeeded by then, systemd is told `READY=1` anyway (with a `STATUS=` that
+/// says why), so that a broken HAProxy does not turn into a start-up timeout and a restart loop.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What an apply came to, for the status and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Installed,
+    Unchanged,
+    NotWritten,
+    Rejected(String),
+    Failed(String),
+}
+
+impl ApplyOutcome {
+    fn word(&self) -> &'static str {
+        match self {
+            Self::Installed => "installed",
+            Self::Unchanged => "unchanged",
+            Self::NotWritten => "not_written",
+            Self::Rejected(_) => "rejected",
+            Self::Failed(_) => "failed",
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        match self {
+            Self::Rejected(e) | Self::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+struct Track {
+    method: &'static str,
+    watcher: WatcherState,
+    ever_synced: bool,
+    backends: Vec<BackendStatus>,
+    last_update: Option<String>,
+    last_error: Option<String>,
+    last_apply: Option<Outcome>,
+    rejected: u64,
+    reconnects: u64,
+}
+
+impl Track {
+    fn new(loaded: &Loaded, name: &ServiceName) -> Self {
+        let discovery = &loaded.services[name].discovery;
+        let supported = myelin_watch::sources(discovery).is_ok();
+        Self {
+            method: discovery.method(),
+            watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
+            ever_synced: !supported,
+            backends: Vec::new(),
+            last_update: None,
+            last_error: None,
+            last_apply: None,
+            rejected: 0,
+            reconnects: 0,
+        }
+    }
+}
+
+/// systemd's notification socket (`NOTIFY_SOCKET`); every call is a no-op without one.
+struct Notifier {
+    watchdog: Option<Duration>,
+    next_ping: Option<Instant>,
+}
+
+impl Notifier {
+    fn from_env() -> Self {
+        let watchdog = watchdog_usec(std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok(), std::process::id())
+            .map(|usec| Duration::from_micros(usec) / 2);
+        if let Some(w) = watchdog {
+            info!(ping_every_ms = w.as_millis() as u64, "systemd watchdog is on.");
+        }
+        Self { watchdog, next_ping: watchdog.map(|w| Instant::now() + w) }
+    }
+
+    fn send(&self, states: &[NotifyState]) {
+        if let Err(e) = sd_notify::notify(false, states) {
+            debug!("cannot notify systemd: {e}");
+        }
+    }
+}
+
+pub struct Observer {
+    metrics: Arc<Metrics>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    services: BTreeMap<ServiceName, Track>,
+    config_path: String,
+    config_last_reload: Option<Outcome>,
+    haproxy_path: String,
+    last_apply: Option<Outcome>,
+    last_reload: Option<Outcome>,
+    started_at: String,
+    /// The first discovery change not yet carried by an installed haproxy.cfg.
+    first_change: Option<Instant>,
+    notifier: Notifier,
+    ready_sent: bool,
+    ready_deadline: Instant,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
+    file_output: Option<FileOutput>,
+    file_output_last: Option<Outcome>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.admin {
+            task.abort();
+        }
+    }
+}
+
+impl Observer {
+    /// Set up for the first configuration; binds the admin listener if it is configured (a port
+    /// that cannot be had is an error: the operator asked for it).
+    pub fn start(loaded: &Loaded) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
+        let mut o = Self {
+            metrics,
+            tx,
+            services: BTreeMap::new(),
+            config_path: loaded.file.display().to_string(),
+            config_last_reload: None,
+            haproxy_path: String::new(),
+            last_apply: None,
+            last_reload: None,
+            started_at: timestamp(SystemTime::now()),
+            first_change: None,
+            notifier: Notifier::from_env(),
+            ready_sent: false,
+            ready_deadline: Instant::now() + READY_TIMEOUT,
+            admin: None,
+            file_output: None,
+            file_output_last: None,
+        };
+        if let Some(addr) = loaded.admin {
+            o.start_admin(addr).context("starting the admin listener (`admin.bind`)")?;
+        }
+        o.configure(loaded, &[]);
+        Ok(o)
+    }
+
+    fn start_admin(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let listener = myelin_admin::bind(addr)?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        let (rx, metrics) = (self.tx.subscribe(), self.metrics.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = myelin_admin::serve(listener, rx, metrics).await {
+                error!("{e}");
+            }
+        });
+        if let Some((_, old)) = self.admin.replace((addr, task)) {
+            old.abort();
+        }
+        info!(address = %bound, "Admin listener on http://{bound}/ (/health, /ready, /status, /metrics).");
+        Ok(())
+    }
+
+    /// A configuration is in force (at start, or after a SIGHUP): follow its services; those in
+    /// `restarted` got a new watcher.
+    pub fn configure(&mut self, loaded: &Loaded, restarted: &[ServiceName]) {
+        self.services.retain(|name, _| {
+            let keep = loaded.services.contains_key(name);
+            if !keep {
+                self.metrics.service_removed(name.as_str());
+            }
+            keep
+        });
+        for name in loaded.services.keys() {
+            if !self.services.contains_key(name) {
+                self.metrics.service_added(name.as_str());
+                self.services.insert(name.clone(), Track::new(loaded, name));
+            } else if restarted.contains(name) {
+                let t = self.services.get_mut(name).expect("present");
+                let fresh = Track::new(loaded, name);
+                t.method = fresh.method;
+                t.watcher = fresh.watcher;
+                t.ever_synced |= fresh.ever_synced;
+                t.last_error = None;
+            }
+        }
+        self.config_path = loaded.file.display().to_string();
+        self.haproxy_path = loaded.haproxy.config_file_path.display().to_string();
+        if self.file_output.as_ref().map(|f| &f.dir) != loaded.file_output.as_ref() {
+            self.file_output = loaded.file_output.clone().map(FileOutput::new);
+            self.file_output_last = None;
+        }
+        if let Some(addr) = loaded.admin {
+            if self.admin.as_ref().map(|(a, _)| *a) != Some(addr) {
+                if let Err(e) = self.start_admin(addr) {
+                    error!("{e:#}; the admin listener stays where it was.");
+                }
+            }
+        } else if let Some((_, task)) = self.admin.take() {
+            task.abort();
+            info!("Admin listener stopped (no `admin` in the configuration).");
+        }
+        self.publish();
+    }
+
+    /// A discovery update reached the store.
+    pub fn update(&mut self, service: &ServiceName, applied: &Applied) {
+        let Some(t) = self.services.get_mut(service) else { return };
+        t.watcher = WatcherState::Synced;
+        let first_sync = !t.ever_synced;
+        t.ever_synced = true;
+        if !applied.rejected.is_empty() {
+            t.rejected += applied.rejected.len() as u64;
+            self.metrics.rejected(service.as_str(), applied.rejected.len() as u64);
+        }
+        if applied.changed {
+            t.last_update = Some(timestamp(SystemTime::now()));
+            self.first_change.get_or_insert_with(Instant::now);
+        }
+        if first_sync || applied.changed || !applied.rejected.is_empty() {
+            self.publish();
+        }
+    }
+
+    /// A discovery source reported a problem.
+    pub fn problem(&mut self, service: &ServiceName, e: &WatchError) {
+        let Some(t) = self.services.get_mut(service) else { return };
+        if matches!(e, WatchError::Entry { .. }) {
+            t.rejected += 1;
+            self.metrics.rejected(service.as_str(), 1);
+        } else {
+            self.metrics.watcher_error(service.as_str());
+        }
+        t.last_error = Some(e.to_string());
+        self.publish();
+    }
+
+    pub fn disconnected(&mut self, service: &ServiceName) {
+        let Some(t) = self.services.get_mut(service) else { return };
+        t.watcher = if t.watcher == WatcherState::Synced { WatcherState::Disconnected } else { t.watcher };
+        t.reconnects += 1;
+        self.metrics.watcher_reconnect(service.as_str());
+        self.publish();
+    }
+
+    /// An apply ran: `desired` was rendered (compared with `before`, the previous one).
+    pub fn applied(&mut self, before: &DesiredState, desired: &DesiredState, store: &Store, outcome: &ApplyOutcome) {
+        let o = Outcome::now(outcome.word(), outcome.error());
+        self.metrics.apply(outcome.word());
+        let first = self.last_apply.is_none();
+        for (name, t) in &mut self.services {
+            let Some(svc) = desired.services.get(name) else { continue };
+            t.backends = svc
+                .ordered_servers()
+                .into_iter()
+                .map(|s| BackendStatus { name: s.name.to_string(), host: s.host.to_string(), port: s.port.get(), weight: s.weight.map(|w| w.get()) })
+                .collect();
+            self.metrics.set_backends(name.as_str(), t.backends.len());
+            if first || before.services.get(name) != Some(svc) || t.last_apply.as_ref().is_some_and(|l| !l.is_ok()) {
+                t.last_apply = Some(o.clone());
+            }
+        }
+        let ok = o.is_ok();
+        self.last_apply = Some(o);
+        if ok {
+            if let Some(t0) = self.first_change.take() {
+                self.metrics.update_to_apply(t0.elapsed().as_secs_f64());
+            }
+        }
+        if let Some(out) = &self.file_output {
+            let result = out.write(&myelin_output::entries(desired, store));
+            self.file_output_last = Some(match result {
+                Ok(w) => {
+                    if !w.written.is_empty() || !w.removed.is_empty() {
+                        info!(written = ?w.written, removed = ?w.removed, dir = %out.dir.display(), "file_output updated.");
+                    }
+                    Outcome::now("ok", None)
+                }
+                Err(e) => {
+                    error!("file_output: {e}; tried again at the next change.");
+                    Outcome::now("failed", Some(e.to_string()))
+                }
+            });
+        }
+        if !self.ready_sent && ok {
+            self.ready_sent = true;
+            self.notifier.send(&[NotifyState::Ready]);
+        }
+        self.publish();
+        let servers = desired.server_count();
+        let status = match outcome.error() {
+            None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), outcome.word()),
+            Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), outcome.word(), first_line(&e)),
+        };
+        self.notifier.send(&[NotifyState::Status(&status)]);
+    }
+
+    /// Commands went to HAProxy's runtime API: `ok` of them succeeded, and one more failed when
+    /// `failed`.
+    pub fn runtime_commands(&mut self, ok: u64, failed: bool) {
+        for _ in 0..ok {
+            self.metrics.runtime_command(true);
+        }
+        if failed {
+            self.metrics.runtime_command(false);
+        }
+    }
+
+    /// `reload_command` ran.
+    pub fn reloaded(&mut self, result: Result<(), String>) {
+        self.metrics.reload(result.is_ok());
+        self.last_reload = Some(match result {
+            Ok(()) => Outcome::now("ok", None),
+            Err(e) => Outcome::now("failed", Some(e)),
+        });
+        self.publish();
+    }
+
+    /// SIGHUP: a configuration reload begins.
+    pub fn config_reloading(&mut self) {
+        let mut states = vec![NotifyState::Reloading, NotifyState::Status("Reloading the configuration")];
+        // systemd 253+ wants the time of the reload request with RELOADING=1.
+        if let Ok(t) = NotifyState::monotonic_usec_now() {
+            states.push(t);
+        }
+        self.notifier.send(&states);
+    }
+
+    /// The configuration reload ended: swapped in, or refused (and the old one kept).
+    pub fn config_reloaded(&mut self, result: Result<(), String>) {
+        self.metrics.config_reload(result.is_ok());
+        let status = match &result {
+            Ok(()) => "Configuration reloaded".to_owned(),
+            Err(e) => format!("Configuration reload refused, the running one is kept: {}", first_line(e)),
+        };
+        self.config_last_reload = Some(match result {
+            Ok(()) => Outcome::now("ok", None),
+            Err(e) => Outcome::now("invalid", Some(e)),
+        });
+        self.notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        self.publish();
+    }
+
+    /// Time-driven duties (the watchdog, the `READY=1` deadline): select on this in the loop.
+    pub async fn tick(&mut self) {
+        let ready_at = (!self.ready_sent).then_some(self.ready_deadline);
+        let next = match (self.notifier.next_ping, ready_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return std::future::pending().await,
+        };
+        tokio::time::sleep_until(next).await;
+        let now = Instant::now();
+        if let (Some(at), Some(every)) = (self.notifier.next_ping, self.notifier.watchdog) {
+            if at <= now {
+                self.notifier.send(&[NotifyState::Watchdog]);
+                self.notifier.next_ping = Some(now + every);
+            }
+        }
+        if !self.ready_sent && self.ready_deadline <= now {
+            self.ready_sent = true;
+            let why = match &self.last_apply {
+                Some(o) => format!("started, but no apply has succeeded yet: {}", o.error.as_deref().map(first_line).unwrap_or_default()),
+                None => "started, still waiting for discovery before the first apply".to_owned(),
+            };
+            warn!("{why}");
+            self.notifier.send(&[NotifyState::Ready, NotifyState::Status(&why)]);
+        }
+    }
+
+    pub fn stopping(&self) {
+        self.notifier.send(&[NotifyState::Stopping, NotifyState::Status("Stopping; HAProxy keeps the last installed config")]);
+    }
+
+    fn publish(&mut self) {
+        let services: BTreeMap<String, ServiceStatus> = self
+            .services
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.to_string(),
+                    ServiceStatus {
+                        method: t.method.to_owned(),
+                        watcher: t.watcher,
+                        synced: t.ever_synced,
+                        backends: t.backends.clone(),
+                        last_update: t.last_update.clone(),
+                        last_error: t.last_error.clone(),
+                        last_apply: t.last_apply.clone(),
+                        rejected: t.rejected,
+                        reconnects: t.reconnects,
+                    },
+                )
+            })
+            .collect();
+        let ready = services.values().all(|s| s.synced);
+        self.metrics.set_ready(ready);
+        let snap = Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            at: timestamp(SystemTime::now()),
+            started_at: self.started_at.clone(),
+            ready,
+            config: ConfigStatus { path: self.config_path.clone(), last_reload: self.config_last_reload.clone() },
+            haproxy: HaproxyStatus {
+                config_file_path: self.haproxy_path.clone(),
+                last_apply: self.last_apply.clone(),
+                last_reload: self.last_reload.clone(),
+            },
+            file_output: self
+                .file_output
+                .as_ref()
+                .map(|f| FileOutputStatus { directory: f.dir.display().to_string(), last_write: self.file_output_last.clone() }),
+            services,
+        };
+        self.tx.send_replace(Arc::new(snap));
+    }
+}
+
+/// As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC` applies to this process unless
+/// `WATCHDOG_PID` names another one.
+fn watchdog_usec(usec: Option<String>, pid: Option<String>, me: u32) -> Option<u64> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    match pid {
+        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
+        _ => Some(usec),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_is_ours_unless_another_pid_is_named() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(watchdog_usec(s("200000"), None, 7), Some(200_000));
+        assert_eq!(watchdog_usec(s("200000"), s("7"), 7), Some(200_000));
+        assert_eq!(watchdog_usec(s("200000"), s("8"), 7), None);
+        assert_eq!(watchdog_usec(s("0"), None, 7), None);
+        assert_eq!(watchdog_usec(s("soon"), None, 7), None);
+        assert_eq!(watchdog_usec(None, s("7"), 7), None);
+    }
+
+    #[test]
+    fn apply_outcomes_have_the_metric_words() {
+        let all = [ApplyOutcome::Installed, ApplyOutcome::Unchanged, ApplyOutcome::NotWritten, ApplyOutcome::Rejected("x".into()), ApplyOutcome::Failed("y".into())];
+        let words: Vec<_> = all.iter().map(ApplyOutcome::word).collect();
+        assert_eq!(words, myelin_admin::APPLY_OUTCOMES);
+        assert_eq!(all[3].error().as_deref(), Some("x"));
+        assert_eq!(all[0].error(), None);
+    }
+}
