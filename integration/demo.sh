@@ -45,7 +45,8 @@ cat <<TXT
   HAProxy is routing 127.0.0.1:18080 to the backends in $dir/backends.yaml.
     curl http://127.0.0.1:18080/        (run it a few times: the backends take turns)
   Edit $dir/backends.yaml (uncomment demo-3, remove demo-1, ...) and curl again:
-  myelin rewrites $dir/haproxy.cfg and reloads HAProxy, without restarting.
+  myelin changes HAProxy's servers through its runtime API (no reload), keeps
+  $dir/haproxy.cfg in step, and never needs a restart itself.
   Ctrl-C stops myelin; HAProxy keeps serving the last config. \`make demo-stop\` stops the rest.
 
 TXT

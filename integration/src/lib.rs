@@ -325,9 +325,19 @@ haproxy:
         Ok(p)
     }
 
-    /// Ask HAProxy's master CLI something.
+    /// Ask HAProxy's master CLI something. The master re-executes itself on a reload, and its
+    /// socket is briefly gone then: retry for up to 3 s.
     pub fn master_cli(&self, cmd: &str) -> Result<String> {
-        self.socket_cli("master.sock", cmd)
+        let t0 = Instant::now();
+        loop {
+            match self.socket_cli("master.sock", cmd) {
+                Err(e) if t0.elapsed() < Duration::from_secs(3) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Ask HAProxy's runtime API (the stats socket `haproxy.sock`) something.
