@@ -4,6 +4,11 @@ set -euo pipefail
 need=()
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v busybox >/dev/null || need+=(busybox-static)
+# The Docker tests' private engine (integration/docker-engine.sh); the test image is built from
+# busybox-static, which must be the static build (it runs alone in a `FROM scratch` image).
+command -v dockerd >/dev/null || need+=(docker.io)
+[ -x /usr/bin/docker ] || need+=(docker.io)
+if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run as root or install them with apt-get" >&2

@@ -91,6 +91,14 @@ pub fn verdict(c: &ContainerInspectResponse, settings: &Settings, endpoint: &End
     }
     // The private port: the container's own label first, then the service's container_port.
     let private = labels.get(LABEL_PORT).cloned().or_else(|| settings.container_port.map(|p| p.to_string()));
+    // On the host's network a container listens on the engine host's own addresses.
+    if c.host_config.as_ref().and_then(|h| h.network_mode.as_deref()) == Some("host") {
+        let Some(port) = private else {
+            return Verdict::Unroutable { key, reason: "on the host network, with no port to route to: set container_port or a myelin.port label".into() };
+        };
+        let d = Discovered { name: Some(key), host: endpoint.backend_host().to_owned(), port, weight: None, labels: Default::default() };
+        return Verdict::Up(with_labels(d, labels));
+    }
     let (host, port) = match settings.address {
         Address::Container => {
             let Some(port) = private else {
@@ -287,6 +295,19 @@ mod tests {
         assert_eq!((d.host.as_str(), d.port.as_str()), ("172.18.0.2", "8000"));
         // Published mode: it publishes nothing.
         assert!(matches!(verdict(&load("onnet"), &settings(), &local()), Verdict::Unroutable { reason, .. } if reason.contains("not published")));
+    }
+
+    #[test]
+    fn a_container_on_the_host_network_is_the_engine_host_and_its_own_port() {
+        let d = up(verdict(&load("hostnet"), &settings(), &local()));
+        assert_eq!((d.name.as_deref(), d.host.as_str(), d.port.as_str()), (Some("hostnet"), "127.0.0.1", "18999"));
+        let remote = Endpoint::Tcp { name: "d2".into(), host: "192.0.2.7".into(), port: 4243, cert_path: None };
+        assert_eq!(up(verdict(&load("hostnet"), &settings(), &remote)).host, "192.0.2.7");
+        let mut c = load("hostnet");
+        labels_mut(&mut c).remove(LABEL_PORT);
+        assert_eq!(up(verdict(&c, &settings(), &local())).port, "8000");
+        let none = Settings { container_port: None, ..settings() };
+        assert!(matches!(verdict(&c, &none, &local()), Verdict::Unroutable { .. }));
     }
 
     #[test]
