@@ -27,4 +27,4 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # The tests start their own HAProxy; the packaged service is not needed.
-haproxy -v | head -n 1
+haproxy -v | sed -n 1p   # sed reads it all: `head` could end the pipe early (SIGPIPE under pipefail)

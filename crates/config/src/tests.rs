@@ -161,3 +161,17 @@ fn docker_discovery_keys() {
     let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, requre_healthy: false}}\n"));
     assert!(e.contains("did you mean `require_healthy`?"), "{e}");
 }
+
+#[test]
+fn the_docker_example_loads_and_retries_on_another_server() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/docker.yaml");
+    let l = load(&path).unwrap_or_else(|e| panic!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    assert_eq!((d.image_name.as_deref(), d.container_port), (Some("local/nodeapp"), Some(crate::Number(8000))));
+    let defaults: Vec<_> = l.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
+    assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
+    // And what myelin writes when a config gives no `defaults`.
+    let bare = ok("services:\n  web:\n    discovery: {method: docker, container_port: 8000}\nhaproxy:\n  do_reloads: false\n");
+    let defaults: Vec<_> = bare.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
+    assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
+}
