@@ -31,7 +31,7 @@ docker-engine: test-deps
 # docs/performance.md. Not part of `make test`.
 bench: docker-engine
 	$(CARGO) build -p myelin
-	$(CARGO) run -q -p myelin-integration --bin docker-bench
+	status=0; $(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; exit $$status
 
 # HAProxy and myelin in the foreground on a built-in file-discovery example (127.0.0.1 only).
 demo:

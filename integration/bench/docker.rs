@@ -53,6 +53,10 @@ fn main() -> Result<()> {
         let publish = format!("127.0.0.1:{direct}:8000");
         let c = engine.run(&["-p", &publish, "-l", "myelin.test=bench"])?;
         let ran = Instant::now();
+        if std::env::var_os("BENCH_LOG").is_some() {
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("bench: docker run returned at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
+        }
         let id = c.id.clone();
         let ready = std::thread::spawn(move || poll(Duration::from_secs(10), || get(direct, "/").is_ok_and(|(s, b)| s == 200 && b.trim() == id)));
         let at = poll(Duration::from_secs(10), || get(port, "/").is_ok_and(|(_, b)| b.trim() == c.id))
