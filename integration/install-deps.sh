@@ -8,6 +8,7 @@ command -v busybox >/dev/null || need+=(busybox-static)
 # busybox-static, which must be the static build (it runs alone in a `FROM scratch` image).
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
+command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -132,5 +133,76 @@ impl Container<'_> {
 impl Drop for Container<'_> {
     fn drop(&mut self) {
         let _ = self.engine.docker(&["rm", "-f", &self.id]);
+    }
+}
+
+impl Engine {
+    /// The engine's TLS endpoint on 127.0.0.1 (client certificates required).
+    pub fn tls_port(&self) -> u16 {
+        std::env::var("MYELIN_DOCKER_TLS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(23760)
+    }
+
+    /// A `DOCKER_CERT_PATH`-style directory for the TLS endpoint: ca.pem, cert.pem, key.pem.
+    pub fn tls_client_dir(&self) -> PathBuf {
+        engine_dir().join("tls/client")
+    }
+}
+
+/// A plain-TCP front for the engine's unix socket, on 127.0.0.1 (the engine itself offers TCP
+/// with TLS only): what Synapse's `servers` entries speak. Dropping it closes the listener and
+/// cuts every connection, as an engine host going away would.
+pub struct TcpFront {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpFront {
+    /// Listen on `port` (0: any free port).
+    pub fn start(engine: &Engine, port: u16) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let conns = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (s, c, socket) = (stop.clone(), conns.clone(), engine.socket.clone());
+        let accept = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let _ = tcp.set_nonblocking(false);
+                let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else { continue };
+                let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else { continue };
+                let (mut tcp_w, mut unix_r) = (tcp.try_clone().expect("clone"), unix);
+                if let Ok(keep) = tcp.try_clone() {
+                    c.lock().unwrap_or_else(|e| e.into_inner()).push(keep);
+                }
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+                    let _ = unix_w.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+                    let _ = tcp_w.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Ok(Self { port, stop, conns, accept: Some(accept) })
+    }
+}
+
+impl Drop for TcpFront {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for c in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use myelin_integration::docker::Engine;
+use myelin_integration::docker::{Engine, TcpFront};
 use myelin_integration::{get, spray, wait_for, Env};
 
 const CHECKS: &str = "      listen: [option httpchk GET /]\n";
@@ -203,4 +203,68 @@ fn hostile_labels_are_rejected_and_the_others_keep_serving() {
     assert!(log.contains("server=heavy") && log.contains("invalid weight"), "{log}");
     assert!(log.contains("server=web#1"), "{log}");
     drop((evil, hash, huge, heavy));
+}
+
+#[test]
+fn engines_listed_in_servers_are_tracked_separately() {
+    let engine = Engine::get().unwrap();
+    let env = Env::new();
+    let front_a = TcpFront::start(&engine, 0).unwrap();
+    let front_b = TcpFront::start(&engine, 0).unwrap();
+    let (pa, pb) = (front_a.port, front_b.port);
+    // Synapse's form: plain TCP. Both "engines" are the same one here, so each container is
+    // routed twice, once per engine, under each engine's name.
+    let discovery = format!(
+        "      method: docker\n      servers: [{{name: a, host: 127.0.0.1, port: {pa}}}, {{name: b, host: 127.0.0.1, port: {pb}}}]\n      image_name: local/nodeapp:latest\n      container_port: 8000\n      labels: {{myelin.test: parts}}\n"
+    );
+    let cfg = env.write_config_with(&discovery, CHECKS, "");
+    let c1 = engine.run_published("parts", &[]).unwrap();
+    let n1 = c1.name().unwrap();
+    let _haproxy = env.start_haproxy(&cfg).unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    let servers = |names: &[String]| env.live_servers().is_ok_and(|s| s.iter().cloned().collect::<BTreeSet<_>>() == names.iter().cloned().collect());
+    let synced = |p: &str| myelin.log().contains(&format!("Source synced. service=web partition=\"{p}\""));
+    assert!(wait_for(Duration::from_secs(10), || synced("a") && synced("b")).is_some(), "{}", myelin.log());
+    assert!(wait_for(Duration::from_secs(10), || servers(&[format!("a_{n1}"), format!("b_{n1}")])).is_some(), "{:?}\n{}", env.live_servers(), myelin.log());
+
+    // Engine `a` goes away: its backends stay; `b` goes on following changes.
+    drop(front_a);
+    assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("Source disconnected; keeping the last known backends. service=web partition=\"a\"")).is_some(), "{}", myelin.log());
+    let c2 = engine.run_published("parts", &[]).unwrap();
+    let n2 = c2.name().unwrap();
+    let both = [format!("a_{n1}"), format!("b_{n1}"), format!("b_{n2}")];
+    assert!(wait_for(Duration::from_secs(10), || servers(&both)).is_some(), "{:?}\n{}", env.live_servers(), myelin.log());
+    let (seen, failed) = spray(port_of(&env), 20);
+    assert_eq!((seen.into_iter().map(|b| b.trim().to_owned()).collect::<BTreeSet<_>>(), failed), (set(&[&c1.id, &c2.id]), 0));
+
+    // Back: resynced with a full set.
+    let _front_a = TcpFront::start(&engine, pa).unwrap();
+    let all = [format!("a_{n1}"), format!("a_{n2}"), format!("b_{n1}"), format!("b_{n2}")];
+    assert!(wait_for(Duration::from_secs(40), || servers(&all)).is_some(), "{:?}\n{}", env.live_servers(), myelin.log());
+    drop(front_b);
+}
+
+fn port_of(env: &Env) -> u16 {
+    env.frontend_port
+}
+
+#[test]
+fn tls_engine_with_client_certificates() {
+    let engine = Engine::get().unwrap();
+    let env = Env::new();
+    let discovery = format!(
+        "      method: docker\n      servers: [{{name: secure, host: 127.0.0.1, port: {}, cert_path: {}}}]\n      image_name: local/nodeapp\n      container_port: 8000\n      labels: {{myelin.test: tls}}\n",
+        engine.tls_port(),
+        engine.tls_client_dir().display()
+    );
+    let cfg = env.write_config_with(&discovery, CHECKS, "");
+    let c1 = engine.run_published("tls", &[]).unwrap();
+    let _haproxy = env.start_haproxy(&cfg).unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || answers(env.frontend_port, 4).contains(&c1.id)).is_some(), "{}", myelin.log());
+    let name = c1.name().unwrap();
+    assert_eq!(env.live_servers().unwrap(), [format!("secure_{name}")]);
+    // A new container follows over the same TLS connection's events.
+    let c2 = engine.run_published("tls", &[]).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || answers(env.frontend_port, 6).contains(&c2.id)).is_some(), "{}", myelin.log());
 }
