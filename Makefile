@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release deb test test-deps test-deb bench demo demo-stop clean
+.PHONY: all build release deb test test-deps test-deb bench docker-engine demo demo-stop clean
 
 all: build
 
@@ -26,20 +26,31 @@ deb: release
 test-deb: deb
 	packaging/test-deb.sh $(DEB_DIR)/myelin_*.deb
 
-# Installs what the tests need (HAProxy, ...), builds, and runs every test: unit, property and
-# end-to-end (the real binary against real HAProxy on 127.0.0.1).
-test: test-deps
+# Installs what the tests need (HAProxy, Docker, ...), starts a private Docker engine, builds,
+# and runs every test: unit, property and end-to-end (the real binary against real HAProxy and
+# a real Docker engine, on 127.0.0.1), then the Debian package's install/remove/purge test.
+# The engine is stopped afterwards, pass or fail.
+test: test-deps docker-engine
 	$(CARGO) build -p myelin
-	$(CARGO) test --workspace --no-fail-fast
+	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; exit $$status
 	$(MAKE) test-deb
 
 # Benchmarks: report figures (see docs/performance.md); not part of `make test`.
-bench: test-deps
+bench: docker-engine
 	$(CARGO) build -p myelin
-	$(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep '^BENCH'
+	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep '^BENCH' || status=$$?; \
+	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; exit $$status
 
 test-deps:
 	integration/install-deps.sh
+
+# The private engine of the Docker tests (unix socket /tmp/myelin-docker/docker.sock) and the
+# test image; `integration/docker-engine.sh stop` stops it.
+docker-engine: test-deps
+	integration/docker-engine.sh start
+
+# Timings of Docker changes reaching HAProxy (median and worst of 20 rounds); see
+# docs/performance.md. Not part of `make test`.
 
 # HAProxy and myelin in the foreground on a built-in file-discovery example (127.0.0.1 only).
 demo:

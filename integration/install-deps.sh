@@ -4,6 +4,12 @@ set -euo pipefail
 need=()
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v busybox >/dev/null || need+=(busybox-static)
+# The Docker tests' private engine (integration/docker-engine.sh); the test image is built from
+# busybox-static, which must be the static build (it runs alone in a `FROM scratch` image).
+command -v dockerd >/dev/null || need+=(docker.io)
+[ -x /usr/bin/docker ] || need+=(docker.io)
+command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
+if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]}; run as root or install them with apt-get" >&2
@@ -12,7 +18,14 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages must not start their services (docker.io's system dockerd would take the default
+  # bridge): the tests start their own.
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # The tests start their own HAProxy; the packaged service is not needed.
-haproxy -v | head -n 1
+haproxy -v | sed -n 1p   # sed reads it all: `head` could end the pipe early (SIGPIPE under pipefail)

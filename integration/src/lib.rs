@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod docker;
+
 /// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.
 pub fn myelin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("MYELIN_BIN") {
@@ -231,18 +233,23 @@ impl Env {
     /// A myelin config with one file-discovered service `web` on the frontend port, reloading
     /// HAProxy's master (pid file) with SIGUSR2. `extra` is appended under `haproxy:`.
     pub fn write_config(&self, extra: &str) -> PathBuf {
+        let discovery = format!("      method: file\n      path: {}\n", self.path("backends.yaml").display());
+        self.write_config_with(&discovery, "", extra)
+    }
+
+    /// The same with any discovery block (lines indented under `discovery:`) and extra lines
+    /// under the service (`service_extra`, indented by four spaces).
+    pub fn write_config_with(&self, discovery: &str, service_extra: &str, extra: &str) -> PathBuf {
         let cfg = self.path("myelin.yaml");
         let text = format!(
             "services:
   web:
     discovery:
-      method: file
-      path: {backends}
-    haproxy:
+{discovery}    haproxy:
       port: {port}
       bind_address: 127.0.0.1
       server_options: check inter 500ms
-haproxy:
+{service_extra}haproxy:
   config_file_path: {hcfg}
   reload_command: \"kill -USR2 $(cat {pid})\"
   restart_interval: 0.2
@@ -257,7 +264,6 @@ haproxy:
     - retries 3
     - option redispatch
 {extra}",
-            backends = self.path("backends.yaml").display(),
             port = self.frontend_port,
             hcfg = self.haproxy_cfg().display(),
             pid = self.path("haproxy.pid").display(),
@@ -366,6 +372,23 @@ haproxy:
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
+    }
+
+    /// Ask the current HAProxy worker something on its stats socket.
+    pub fn stats_cli(&self, cmd: &str) -> Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(self.path("haproxy.sock"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        writeln!(s, "{cmd}")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// The servers of backend `web` in the running HAProxy worker.
+    pub fn live_servers(&self) -> Result<Vec<String>> {
+        let out = self.stats_cli("show servers state web")?;
+        // "<be_id> <be_name> <srv_id> <srv_name> ..." after a version line and a header.
+        Ok(out.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned)).collect())
     }
 
     /// How many times HAProxy's master has reloaded (from `show proc`).

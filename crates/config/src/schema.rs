@@ -201,29 +201,63 @@ pub struct FileDiscovery {
     pub label_filters: Vec<LabelFilter>,
 }
 
-/// A Docker engine to ask (Synapse's `servers` entry).
+/// A Docker engine to ask over TCP (Synapse's `servers` entry). Each one is tracked on its
+/// own: an engine that goes away keeps its last known backends without touching the others'.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerServer {
+    /// Names this engine in logs and prefixes its backends' names (`<name>_<container>`).
     pub name: String,
+    /// The engine's address; also the address HAProxy dials for ports it publishes on all
+    /// interfaces.
     pub host: String,
+    /// The engine's API port (default 4243, Synapse's; Docker's TLS port is 2376).
     pub port: Option<Number>,
+    /// Talk TLS: a directory holding `ca.pem`, `cert.pem` and `key.pem`, as `DOCKER_CERT_PATH`.
+    /// Relative paths are taken from the config file's directory.
+    pub cert_path: Option<PathBuf>,
+}
+
+/// Which address of a container HAProxy dials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerAddress {
+    /// The engine's host address and the port published for `container_port` (Synapse's way).
+    #[default]
+    Published,
+    /// The container's own IP address and `container_port` (for user-defined networks).
+    Container,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerDiscovery {
+    /// Engines reached over TCP. Empty: the local engine on `socket`.
     #[serde(default)]
     pub servers: Vec<DockerServer>,
+    /// The local engine's unix socket when `servers` is empty (default: `DOCKER_HOST`, else
+    /// `/var/run/docker.sock`).
+    pub socket: Option<PathBuf>,
+    /// Only containers of this image: `repo` matches any tag or digest of it, `repo:tag` only
+    /// that tag, `repo@sha256:...` only that digest.
     pub image_name: Option<String>,
+    /// The container's private port to route to (a container's `myelin.port` label overrides it).
     pub container_port: Option<Number>,
     #[serde(default)]
     pub label_filters: Vec<LabelFilter>,
+    /// Only containers carrying all of these labels with these values.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Only containers whose name matches this glob (`*` any run of characters, `?` one).
     pub name_pattern: Option<String>,
-    pub address: Option<String>,
-    /// Synapse's poll interval; myelin uses it as the period of its full resync.
+    #[serde(default)]
+    pub address: DockerAddress,
+    /// A container with a healthcheck is routed only while Docker reports it `healthy`
+    /// (default true); false routes it from its start, whatever its health.
+    #[serde(default = "yes")]
+    pub require_healthy: bool,
+    /// Seconds between full resyncs, a safety net behind the events stream (default 30).
+    /// Synapse's poll interval, whose key it keeps.
     pub check_interval: Option<f64>,
 }
 

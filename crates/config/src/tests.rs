@@ -173,3 +173,44 @@ fn file_output_is_supported() {
     assert_eq!(l.file_output, Some(PathBuf::from("/etc/myelin/out")));
     assert!(l.notices.iter().all(|n| !n.message.contains("file_output")), "{:?}", l.notices);
 }
+
+#[test]
+fn docker_discovery_keys() {
+    let l = ok(&format!(
+        "{MIN}services:\n  web:\n    discovery:\n      method: docker\n      servers: [{{name: h1, host: 192.0.2.10, cert_path: certs}}, {{name: h2, host: docker2.example, port: 2375}}]\n      image_name: local/nodeapp\n      container_port: 8000\n      address: container\n      require_healthy: false\n      name_pattern: 'web-*'\n      labels: {{tier: front}}\n      check_interval: 5\n"
+    ));
+    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    assert_eq!(d.servers[0].cert_path.as_deref(), Some(Path::new("/etc/myelin/certs")));
+    assert_eq!(d.address, crate::DockerAddress::Container);
+    assert!(!d.require_healthy);
+    assert_eq!(d.check_interval, Some(5.0));
+
+    let l = ok(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, container_port: 8000}}\n"));
+    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    assert!(d.require_healthy && d.servers.is_empty() && d.address == crate::DockerAddress::Published);
+
+    let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, address: bridge}}\n"));
+    assert!(e.contains("services.web.discovery") && e.contains("unknown variant `bridge`"), "{e}");
+    let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, servers: [{{name: 'a b', host: h}}, {{name: x, host: 'h#1', port: 70000}}]}}\n"));
+    assert!(e.contains("services.web.discovery.servers[0].name"), "{e}");
+    assert!(e.contains("services.web.discovery.servers[1].host"), "{e}");
+    assert!(e.contains("services.web.discovery.servers[1].port"), "{e}");
+    let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, check_interval: 0, container_port: 0}}\n"));
+    assert!(e.contains("check_interval") && e.contains("container_port"), "{e}");
+    let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, requre_healthy: false}}\n"));
+    assert!(e.contains("did you mean `require_healthy`?"), "{e}");
+}
+
+#[test]
+fn the_docker_example_loads_and_retries_on_another_server() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/docker.yaml");
+    let l = load(&path).unwrap_or_else(|e| panic!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    assert_eq!((d.image_name.as_deref(), d.container_port), (Some("local/nodeapp"), Some(crate::Number(8000))));
+    let defaults: Vec<_> = l.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
+    assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
+    // And what myelin writes when a config gives no `defaults`.
+    let bare = ok("services:\n  web:\n    discovery: {method: docker, container_port: 8000}\nhaproxy:\n  do_reloads: false\n");
+    let defaults: Vec<_> = bare.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
+    assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
+}

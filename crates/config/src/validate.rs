@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use myelin_core::{
-    Backend, BackendName, BackendOrder, BindAddress, ConfigLine, Discovered, FrontendSpec, Port, Sections,
+    Backend, BackendName, BackendOrder, BindAddress, ConfigLine, Discovered, FrontendSpec, Host, Port, Sections, ServerName,
     ServiceName, ServiceSpec, Spec, StoreOptions,
 };
 
 use crate::error::{ConfigError, Notice};
 use crate::load::resolve;
 use crate::placement::{place, Placement};
-use crate::schema::{AdminBind, BackendOrderConfig, CommandConfig, Config, Discovery, Lines, ServerEntry, ServiceConfig};
+use crate::schema::{AdminBind, BackendOrderConfig, CommandConfig, Config, Discovery, DockerDiscovery, Lines, ServerEntry, ServiceConfig};
 
 /// A command to run: through `sh -c`, or directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,9 +205,19 @@ pub(crate) fn validate(file: &Path, config: Config, sources: &[(PathBuf, String)
                 cx.error(format!("{path}.discovery.path"), "\"path\"", "must not be empty");
             }
         }
+        if let Discovery::Docker(d) = &svc.discovery {
+            docker_discovery(&mut cx, &format!("{path}.discovery"), d);
+        }
         let mut discovery = svc.discovery.clone();
-        if let Discovery::File(f) = &mut discovery {
-            f.path = resolve(file, &f.path);
+        match &mut discovery {
+            Discovery::File(f) => f.path = resolve(file, &f.path),
+            Discovery::Docker(d) => {
+                for s in &mut d.servers {
+                    s.cert_path = s.cert_path.as_ref().map(|p| resolve(file, p));
+                }
+                d.socket = d.socket.as_ref().map(|p| resolve(file, p));
+            }
+            _ => {}
         }
         if svc.leader_election.is_some() {
             cx.not_supported(&format!("{path}.leader_election"), "leader_election");
@@ -262,6 +272,42 @@ fn admin_bind(b: &AdminBind) -> Result<SocketAddr, String> {
 
 fn defaults(lines: &[&str]) -> Vec<ConfigLine> {
     lines.iter().map(|l| ConfigLine::parse(l).expect("built-in lines are valid")).collect()
+}
+
+/// The Docker keys that serde cannot check alone.
+fn docker_discovery(cx: &mut Ctx<'_>, path: &str, d: &DockerDiscovery) {
+    let mut names = BTreeSet::new();
+    for (i, s) in d.servers.iter().enumerate() {
+        let sp = format!("{path}.servers[{i}]");
+        if let Err(e) = ServerName::parse(&s.name) {
+            cx.error(format!("{sp}.name"), &format!("\"{}\"", s.name), e.to_string());
+        } else if !names.insert(s.name.as_str()) {
+            cx.error(format!("{sp}.name"), &format!("\"{}\"", s.name), format!("server name `{}` is listed twice", s.name));
+        }
+        if let Err(e) = Host::parse(&s.host) {
+            cx.error(format!("{sp}.host"), &format!("\"{}\"", s.host), e.to_string());
+        }
+        if let Some(p) = s.port {
+            if let Err(e) = Port::parse(&p.0.to_string()) {
+                cx.error(format!("{sp}.port"), &p.0.to_string(), e.to_string());
+            }
+        }
+    }
+    if let Some(p) = d.container_port {
+        if let Err(e) = Port::parse(&p.0.to_string()) {
+            cx.error(format!("{path}.container_port"), "container_port", e.to_string());
+        }
+    }
+    for (key, value) in [("image_name", &d.image_name), ("name_pattern", &d.name_pattern)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            cx.error(format!("{path}.{key}"), key, "must not be empty");
+        }
+    }
+    if let Some(i) = d.check_interval {
+        if !(i.is_finite() && (0.1..=86400.0).contains(&i)) {
+            cx.error(format!("{path}.check_interval"), "check_interval", "must be 0.1 to 86400 seconds");
+        }
+    }
 }
 
 fn service_spec(cx: &mut Ctx<'_>, path: &str, name: &ServiceName, svc: &ServiceConfig, global_bind: &str) -> Option<ServiceSpec> {
