@@ -36,8 +36,15 @@ fn summary(name: &str, mut v: Vec<Duration>) {
 
 fn main() -> Result<()> {
     let engine = Engine::get()?;
+    run(&engine, true)?;
+    run(&engine, false)
+}
+
+/// One series of rounds: through HAProxy's runtime API (`runtime`) or through reloads.
+fn run(engine: &Engine, runtime: bool) -> Result<()> {
     let env = Env::new();
-    let cfg = env.write_config_with(&engine.discovery("bench"), "      listen: [option httpchk GET /]\n", "");
+    let extra = if runtime { env.runtime_extra() } else { String::new() };
+    let cfg = env.write_config_with(&engine.discovery("bench"), "      listen: [option httpchk GET /]\n", &extra);
     let anchor = engine.run_published("bench", &[])?;
     let _haproxy = env.start_haproxy(&cfg)?;
     let myelin = env.start_myelin(&cfg)?;
@@ -69,7 +76,7 @@ fn main() -> Result<()> {
         let id = c.id.clone();
         let t0 = Instant::now();
         let stopper = std::thread::spawn(move || Engine::docker_unlocked(&["stop", "-t", STOP_TIMEOUT, &id]));
-        let out = poll(Duration::from_secs(10), || env.live_servers().is_ok_and(|s| !s.contains(&name)))
+        let out = poll(Duration::from_secs(10), || env.routable_servers().is_ok_and(|s| !s.contains(&name)))
             .with_context(|| format!("round {round}: never drained: {}", myelin.log()))?;
         drained.push(out - t0);
         stopper.join().unwrap()?;
@@ -78,7 +85,8 @@ fn main() -> Result<()> {
     if std::env::var_os("BENCH_LOG").is_some() {
         eprintln!("{}", myelin.log());
     }
-    println!("\nmyelin docker benchmark: {rounds} rounds, HAProxy reloads in master-worker mode (restart_interval 0.2 s)");
+    let how = if runtime { "runtime API (add server / drain), no reloads" } else { "HAProxy reloads in master-worker mode (restart_interval 0.2 s)" };
+    println!("\nmyelin docker benchmark: {rounds} rounds, {how}");
     summary("docker run returned -> routed", routed);
     summary("port answering directly -> routed", ready_to_routed);
     summary("docker stop started -> out of rotation", drained);

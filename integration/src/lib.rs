@@ -391,6 +391,25 @@ impl Env {
         Ok(out.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned)).collect())
     }
 
+    /// Servers of `web` that take new connections: listed, and neither in maintenance nor
+    /// draining (admin state 0).
+    pub fn routable_servers(&self) -> Result<Vec<String>> {
+        let out = self.stats_cli("show servers state web")?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 6 && f[6] == "0").then(|| f[3].to_owned())
+            })
+            .collect())
+    }
+
+    /// The `haproxy:` lines that turn the runtime API on (stats socket, master CLI).
+    pub fn runtime_extra(&self) -> String {
+        format!("  socket_file_path: {}\n  master_socket_path: {}\n", self.path("haproxy.sock").display(), self.path("master.sock").display())
+    }
+
     /// How many times HAProxy's master has reloaded (from `show proc`).
     pub fn reloads(&self) -> Result<u32> {
         let out = self.master_cli("show proc")?;

@@ -84,10 +84,21 @@ fn containers_follow_start_and_stop() {
 
 #[test]
 fn zero_failed_requests_while_containers_stop_and_are_replaced() {
+    churn("churn", false);
+}
+
+/// The same through HAProxy's runtime API: a stopping container is drained, not reloaded away.
+#[test]
+fn zero_failed_requests_while_containers_stop_and_are_replaced_runtime_api() {
+    churn("churn-rt", true);
+}
+
+fn churn(label: &str, runtime: bool) {
     let engine = Engine::get().unwrap();
     let env = Env::new();
-    let cfg = env.write_config_with(&engine.discovery("churn"), CHECKS, "");
-    let mut live: Vec<_> = (0..3).map(|_| engine.run_published("churn", &[]).unwrap()).collect();
+    let extra = if runtime { env.runtime_extra() } else { String::new() };
+    let cfg = env.write_config_with(&engine.discovery(label), CHECKS, &extra);
+    let mut live: Vec<_> = (0..3).map(|_| engine.run_published(label, &[]).unwrap()).collect();
     let _haproxy = env.start_haproxy(&cfg).unwrap();
     let myelin = env.start_myelin(&cfg).unwrap();
     let port = env.frontend_port;
@@ -120,7 +131,7 @@ fn zero_failed_requests_while_containers_stop_and_are_replaced() {
         let old = live.remove(0);
         old.stop(3).unwrap();
         drop(old);
-        let new = engine.run_published("churn", &[]).unwrap();
+        let new = engine.run_published(label, &[]).unwrap();
         let routed = wait_for(Duration::from_secs(10), || env.live_servers().is_ok_and(|s| s.len() == 3) && answers(port, 6).contains(&new.id));
         assert!(routed.is_some(), "round {round}: replacement not routed: {:?}\n{}", env.live_servers(), myelin.log());
         live.push(new);
@@ -130,6 +141,11 @@ fn zero_failed_requests_while_containers_stop_and_are_replaced() {
     eprintln!("10 stops in {:?}: {ok} requests served, {} failed", t0.elapsed(), failed.len());
     assert!(failed.is_empty(), "failed requests: {failed:#?}\n{}", myelin.log());
     assert!(ok >= 500, "only {ok} requests were sent");
+    if runtime {
+        let log = myelin.log();
+        assert!(!log.contains("Reloaded HAProxy"), "a membership change reloaded HAProxy:\n{log}");
+        assert!(log.contains("Drained and deleted a server"), "{log}");
+    }
 }
 
 #[test]
