@@ -38,7 +38,7 @@ test: test-deps docker-engine
 # Benchmarks: report figures (see docs/performance.md); not part of `make test`.
 bench: docker-engine
 	$(CARGO) build -p myelin
-	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep '^BENCH' || status=$$?; \
+	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep -o 'BENCH.*' || status=$$?; \
 	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; exit $$status
 
 test-deps:

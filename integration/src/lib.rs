@@ -353,11 +353,23 @@ impl Env {
 
     /// Servers of a backend as `show servers state` lists them: (name, port, weight).
     pub fn servers(&self, backend: &str) -> Result<Vec<(String, u16, u16)>> {
+        self.servers_where(backend, |_| true)
+    }
+
+    /// The servers of a backend that take new connections (admin state 0: neither in
+    /// maintenance nor draining): (name, port, weight).
+    pub fn active_servers(&self, backend: &str) -> Result<Vec<(String, u16, u16)>> {
+        self.servers_where(backend, |admin| admin == 0)
+    }
+
+    fn servers_where(&self, backend: &str, admin: impl Fn(u32) -> bool) -> Result<Vec<(String, u16, u16)>> {
         let out = self.runtime_cli(&format!("show servers state {backend}"))?;
         let mut v = Vec::new();
         for line in out.lines().skip(1).filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            v.push((f[3].to_owned(), f[18].parse()?, f[7].parse()?));
+            if admin(f[6].parse()?) {
+                v.push((f[3].to_owned(), f[18].parse()?, f[7].parse()?));
+            }
         }
         v.sort();
         Ok(v)

@@ -154,3 +154,16 @@ fn sighup_with_a_bad_config_keeps_running_and_sigterm_leaves_haproxy_serving() {
     let (seen, failed) = spray(env.frontend_port, 10);
     assert_eq!((seen.len(), failed), (2, 0));
 }
+
+#[test]
+fn the_tutorial_synapse_config_checks_with_real_haproxy() {
+    let env = Env::new();
+    let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/synapse.json.conf");
+    let (code, out, err) = env.myelin_once(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("HAProxy accepts the haproxy.cfg it gives"), "{out}{err}");
+    assert!(err.contains("synapse.json.conf:22: haproxy.defaults[0]: `contimeout 5000` is not accepted by HAProxy 2.x"), "{err}");
+    let (code, rendered, err) = env.myelin_once(&["render", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(rendered.contains("    timeout connect 5000\n") && rendered.contains("frontend nodesrv\n") && rendered.contains("    option httpchk /\n"), "{rendered}");
+}

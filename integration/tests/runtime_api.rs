@@ -182,3 +182,34 @@ fn drift_is_repaired() {
     assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("differ from the desired state")).is_some(), "{}", myelin.log());
     assert!(wait_for(Duration::from_secs(10), || env.servers("web").is_ok_and(|s| s.iter().all(|x| x.2 == 1))).is_some(), "{:?}", env.servers("web"));
 }
+
+#[test]
+fn server_state_survives_a_reload() {
+    let env = Env::new();
+    let a = Backend::start("alpha");
+    let b = Backend::start("beta");
+    let cfg = runtime_config(&env);
+    env.write_backends(&entries(&[&a, &b], &[1, 1]));
+    let _haproxy = env.start_haproxy(&cfg).unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = env.reloads().unwrap();
+
+    // An operator takes beta out for maintenance through HAProxy's own API.
+    env.runtime_cli("set server web/beta state maint").unwrap();
+    // A structural change (a new service) reloads HAProxy.
+    let api_port = myelin_integration::free_port();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "haproxy:\n  config_file_path",
+        &format!("  api:\n    discovery: {{method: static}}\n    default_servers: [{{name: s1, host: 127.0.0.1, port: {}}}]\n    haproxy: {{port: {api_port}, bind_address: 127.0.0.1}}\nhaproxy:\n  config_file_path", a.port),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    myelin.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || get(api_port, "/").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    assert_eq!(env.reloads().unwrap() - before, 1);
+    // The new worker loaded the state saved just before the reload: beta is still in maintenance.
+    assert_eq!(env.active_servers("web").unwrap().iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["alpha"]);
+    let (seen, failed) = spray(env.frontend_port, 10);
+    assert_eq!((seen.into_iter().collect::<Vec<_>>(), failed), (vec!["alpha".to_string()], 0));
+    assert!(std::fs::read_to_string(env.path("haproxy.cfg.state")).unwrap().contains(" beta "));
+}

@@ -48,6 +48,16 @@ impl Writer {
     }
 
     pub async fn install(&self, config: &str) -> Result<InstallOutcome, Error> {
+        self.install_checked(config, true).await
+    }
+
+    /// Install a config whose only difference from the one in force is servers that HAProxy's
+    /// runtime API has just accepted: HAProxy itself validated them, so `haproxy -c` is skipped.
+    pub async fn install_accepted(&self, config: &str) -> Result<InstallOutcome, Error> {
+        self.install_checked(config, false).await
+    }
+
+    async fn install_checked(&self, config: &str, check: bool) -> Result<InstallOutcome, Error> {
         if self.is_current(config) {
             return Ok(InstallOutcome::Unchanged);
         }
@@ -58,7 +68,8 @@ impl Writer {
         let bytes = config.as_bytes().to_vec();
         let c = candidate.clone();
         blocking(move || write_synced(&c, &bytes)).await?;
-        if let Err(e) = self.check(&candidate).await {
+        let checked = if check { self.check(&candidate).await } else { Ok(()) };
+        if let Err(e) = checked {
             let rejected = self.rejected_path();
             let _ = std::fs::rename(&candidate, &rejected);
             return Err(match e {
@@ -150,6 +161,15 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "good 1\n");
         assert_eq!(std::fs::read_to_string(w.rejected_path()).unwrap(), "bad\n");
         assert!(!w.candidate_path().exists());
+    }
+
+    #[tokio::test]
+    async fn accepted_changes_skip_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(dir.path(), "exit 1");
+        assert!(w.install("x\n").await.is_err());
+        assert_eq!(w.install_accepted("x\n").await.unwrap(), InstallOutcome::Installed);
+        assert_eq!(std::fs::read_to_string(&w.path).unwrap(), "x\n");
     }
 
     #[tokio::test]

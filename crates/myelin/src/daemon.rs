@@ -292,12 +292,13 @@ impl Daemon {
         };
         let text = myelin_haproxy::render(&desired);
         // Membership changes go to HAProxy first (milliseconds), the file right after: its
-        // structure was validated before and servers alone cannot make it invalid.
+        // structure was validated before, and HAProxy itself accepted the servers.
         let mut fell_back = false;
         if let Some(ops) = ops.filter(|o| !o.is_empty()) {
             match self.run_ops(&ops).await {
                 Ok(commands) => {
-                    let outcome = match self.writer.install(&text).await {
+                    // HAProxy has just accepted these servers: the file needs no `haproxy -c`.
+                    let outcome = match self.writer.install_accepted(&text).await {
                         Ok(_) => ApplyOutcome::Installed,
                         Err(e) => {
                             error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
