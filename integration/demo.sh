@@ -13,6 +13,20 @@ stop() {
     kill "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
   done
+  # Also what an earlier demo left behind without its pid files (e.g. its directory was removed).
+  pkill -f -- "busybox httpd -f -p 127.0.0.1:1808[1-3] -h $dir/www" 2>/dev/null || true
+  pkill -f -- "haproxy -W -D -f $dir/haproxy.cfg" 2>/dev/null || true
+  sleep 0.2
+}
+
+# The demo's ports must be free: say who holds one rather than failing later in a confusing way.
+check_ports() {
+  for port in 18080 18081 18082 18083; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "make demo: 127.0.0.1:$port is already in use; stop what listens there (ss -ltnp | grep $port) and try again" >&2
+      exit 1
+    fi
+  done
 }
 
 if [ "${1:-}" = stop ]; then
@@ -26,6 +40,7 @@ fi
 bin="$root/target/debug/myelin"
 
 stop
+check_ports
 mkdir -p "$dir"
 # Three tiny HTTP backends (busybox httpd), each answering with its name.
 for i in 1 2 3; do
@@ -36,6 +51,8 @@ for i in 1 2 3; do
 done
 [ -e "$dir/backends.yaml" ] || cp "$root/config/demo-backends.yaml" "$dir/backends.yaml"
 
+# An empty server-state file (format version only), so HAProxy's first start has one to load.
+[ -e "$dir/haproxy.cfg.state" ] || echo 1 > "$dir/haproxy.cfg.state"
 "$bin" check -c "$root/config/demo.yaml"
 "$bin" render -c "$root/config/demo.yaml" > "$dir/haproxy.cfg"
 haproxy -W -D -f "$dir/haproxy.cfg" -p "$dir/haproxy.pid" -S "$dir/master.sock"

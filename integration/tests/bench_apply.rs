@@ -58,9 +58,15 @@ fn run(changes: usize, runtime: bool) {
         let ok = wait_for(Duration::from_secs(10), || env.active_servers("web").is_ok_and(|s| s == want));
         assert!(ok.is_some(), "step {step}: {:?} != {want:?}\n{}", env.servers("web"), myelin.log());
         took.push(t0.elapsed());
+        if t0.elapsed() > Duration::from_secs(1) {
+            eprintln!("slow step {step}: {:?} at {:?}", t0.elapsed(), std::time::SystemTime::now());
+        }
     }
     let reloads = env.reloads().unwrap() - reloads0;
     let log = myelin.log();
+    if let Some(keep) = std::env::var_os("BENCH_KEEP_LOG") {
+        std::fs::write(keep, &log).unwrap();
+    }
     let commands: u64 = log
         .lines()
         .filter_map(|l| l.split("runtime_commands_total=").nth(1))
