@@ -17,6 +17,19 @@ fn runtime_config(env: &Env) -> std::path::PathBuf {
     ))
 }
 
+/// A structural change: a second service, `api`, on a new port, routed to `backend_port`;
+/// brought in by SIGHUP. Waits until it answers.
+fn add_api_service(cfg: &std::path::Path, myelin: &myelin_integration::Proc, backend_port: u16) {
+    let api_port = myelin_integration::free_port();
+    let text = std::fs::read_to_string(cfg).unwrap().replace(
+        "haproxy:\n  config_file_path",
+        &format!("  api:\n    discovery: {{method: static}}\n    default_servers: [{{name: s1, host: 127.0.0.1, port: {backend_port}}}]\n    haproxy: {{port: {api_port}, bind_address: 127.0.0.1}}\nhaproxy:\n  config_file_path"),
+    );
+    std::fs::write(cfg, text).unwrap();
+    myelin.signal("HUP");
+    assert!(wait_for(Duration::from_secs(10), || get(api_port, "/").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+}
+
 fn entries(backends: &[&Backend], weights: &[u16]) -> String {
     backends.iter().zip(weights).map(|(b, w)| format!("- {{name: {}, host: 127.0.0.1, port: {}, weight: {w}}}\n", b.name, b.port)).collect()
 }
@@ -98,14 +111,7 @@ fn a_structural_change_reloads_once_and_open_connections_complete() {
     let long: Vec<_> = (0..3).map(|_| std::thread::spawn(move || get(port, "/"))).collect();
     std::thread::sleep(Duration::from_millis(200));
 
-    let api_port = myelin_integration::free_port();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "haproxy:\n  config_file_path",
-        &format!("  api:\n    discovery: {{method: static}}\n    default_servers: [{{name: s1, host: 127.0.0.1, port: {}}}]\n    haproxy: {{port: {api_port}, bind_address: 127.0.0.1}}\nhaproxy:\n  config_file_path", slow.port),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    myelin.signal("HUP");
-    assert!(wait_for(Duration::from_secs(10), || get(api_port, "/").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    add_api_service(&cfg, &myelin, slow.port);
     for t in long {
         assert_eq!(t.join().unwrap().unwrap(), (200, "slow".to_string()));
     }
@@ -198,14 +204,7 @@ fn server_state_survives_a_reload() {
     // An operator takes beta out for maintenance through HAProxy's own API.
     env.runtime_cli("set server web/beta state maint").unwrap();
     // A structural change (a new service) reloads HAProxy.
-    let api_port = myelin_integration::free_port();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "haproxy:\n  config_file_path",
-        &format!("  api:\n    discovery: {{method: static}}\n    default_servers: [{{name: s1, host: 127.0.0.1, port: {}}}]\n    haproxy: {{port: {api_port}, bind_address: 127.0.0.1}}\nhaproxy:\n  config_file_path", a.port),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    myelin.signal("HUP");
-    assert!(wait_for(Duration::from_secs(10), || get(api_port, "/").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    add_api_service(&cfg, &myelin, a.port);
     assert_eq!(env.reloads().unwrap() - before, 1);
     // The new worker loaded the state saved just before the reload: beta is still in maintenance.
     assert_eq!(env.active_servers("web").unwrap().iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["alpha"]);
