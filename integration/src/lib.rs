@@ -263,6 +263,7 @@ impl Env {
     - timeout server 10s
     - retries 3
     - option redispatch
+    - retry-on conn-failure empty-response response-timeout
 {extra}",
             port = self.frontend_port,
             hcfg = self.haproxy_cfg().display(),

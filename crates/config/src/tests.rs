@@ -209,8 +209,10 @@ fn the_docker_example_loads_and_retries_on_another_server() {
     assert_eq!((d.image_name.as_deref(), d.container_port), (Some("local/nodeapp"), Some(crate::Number(8000))));
     let defaults: Vec<_> = l.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
     assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
+    assert!(defaults.contains(&"retry-on conn-failure empty-response response-timeout"), "{defaults:?}");
     // And what myelin writes when a config gives no `defaults`.
     let bare = ok("services:\n  web:\n    discovery: {method: docker, container_port: 8000}\nhaproxy:\n  do_reloads: false\n");
     let defaults: Vec<_> = bare.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
     assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
+    assert!(defaults.contains(&"retry-on conn-failure empty-response response-timeout"), "{defaults:?}");
 }

@@ -82,9 +82,11 @@ pub struct Loaded {
 pub const DEFAULT_GLOBAL: &[&str] = &["maxconn 4096"];
 
 /// The `defaults` myelin writes when the config gives none. `retries` with `option redispatch`
+/// and `retry-on` (also an empty response, which is what Docker's userland proxy gives while a
+/// container is not listening yet or any more)
 /// lets HAProxy retry a connection refused by a backend that is shutting down on another server.
 pub const DEFAULT_DEFAULTS: &[&str] =
-    &["mode http", "timeout connect 5s", "timeout client 30s", "timeout server 30s", "retries 3", "option redispatch"];
+    &["mode http", "timeout connect 5s", "timeout client 30s", "timeout server 30s", "retries 3", "option redispatch", "retry-on conn-failure empty-response response-timeout"];
 
 const LEGACY: &[(&str, &str)] = &[("contimeout", "timeout connect"), ("clitimeout", "timeout client"), ("srvtimeout", "timeout server")];
 
