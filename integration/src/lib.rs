@@ -313,6 +313,11 @@ impl Env {
         Ok(p)
     }
 
+    /// Start HAProxy on the config (rendered by myelin), then `myelin run` on it.
+    pub fn start(&self, config: &Path) -> Result<(Proc, Proc)> {
+        Ok((self.start_haproxy(config)?, self.start_myelin(config)?))
+    }
+
     /// Start `myelin run` and wait until it has installed its signal handlers.
     pub fn start_myelin(&self, config: &Path) -> Result<Proc> {
         self.start_myelin_env(config, &[])

@@ -11,8 +11,7 @@ fn backends_follow_the_discovery_file() {
     let b = Backend::start("beta");
     env.write_backends(&a.entry());
     let cfg = env.write_config("");
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let myelin = env.start_myelin(&cfg).unwrap();
+    let (_haproxy, myelin) = env.start(&cfg).unwrap();
     let port = env.frontend_port;
 
     assert_eq!(get(port, "/").unwrap(), (200, "alpha".to_string()));
@@ -53,8 +52,7 @@ fn malformed_entries_are_rejected_and_the_rest_keep_serving() {
     let b = Backend::start("beta");
     env.write_backends(&a.entry());
     let cfg = env.write_config("");
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let myelin = env.start_myelin(&cfg).unwrap();
+    let (_haproxy, myelin) = env.start(&cfg).unwrap();
     let port = env.frontend_port;
     assert_eq!(get(port, "/").unwrap().1, "alpha");
 
@@ -88,8 +86,7 @@ fn a_config_haproxy_rejects_is_kept_aside_and_the_old_one_stays() {
     let a = Backend::start("alpha");
     env.write_backends(&a.entry());
     let cfg = env.write_config("");
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let mut myelin = env.start_myelin(&cfg).unwrap();
+    let (_haproxy, mut myelin) = env.start(&cfg).unwrap();
     let good = std::fs::read_to_string(env.haproxy_cfg()).unwrap();
 
     // A syntactically fine line that HAProxy refuses, brought in by a SIGHUP.

@@ -30,6 +30,23 @@ fn add_api_service(cfg: &std::path::Path, myelin: &myelin_integration::Proc, bac
     assert!(wait_for(Duration::from_secs(10), || get(api_port, "/").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
 }
 
+/// A running setup for the runtime-API tests: `backends` (weight 1) in the discovery file,
+/// HAProxy, and myelin with the runtime API on.
+struct Running {
+    env: Env,
+    cfg: std::path::PathBuf,
+    _haproxy: myelin_integration::Proc,
+    myelin: myelin_integration::Proc,
+}
+
+fn running(backends: &[&Backend]) -> Running {
+    let env = Env::new();
+    let cfg = runtime_config(&env);
+    env.write_backends(&entries(backends, &vec![1; backends.len()]));
+    let (_haproxy, myelin) = env.start(&cfg).unwrap();
+    Running { env, cfg, _haproxy, myelin }
+}
+
 fn entries(backends: &[&Backend], weights: &[u16]) -> String {
     backends.iter().zip(weights).map(|(b, w)| format!("- {{name: {}, host: 127.0.0.1, port: {}, weight: {w}}}\n", b.name, b.port)).collect()
 }
@@ -97,12 +114,8 @@ fn a_hundred_membership_changes_under_load_without_a_reload() {
 
 #[test]
 fn a_structural_change_reloads_once_and_open_connections_complete() {
-    let env = Env::new();
     let slow = Backend::start_slow("slow", Duration::from_millis(1500));
-    let cfg = runtime_config(&env);
-    env.write_backends(&entries(&[&slow], &[1]));
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let myelin = env.start_myelin(&cfg).unwrap();
+    let Running { env, cfg, _haproxy, myelin } = running(&[&slow]);
     std::thread::sleep(Duration::from_millis(1500));
     let before = env.reloads().unwrap();
 
@@ -121,13 +134,9 @@ fn a_structural_change_reloads_once_and_open_connections_complete() {
 
 #[test]
 fn sigkill_then_restart_with_the_source_gone_keeps_the_last_known_backends() {
-    let env = Env::new();
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
-    let cfg = runtime_config(&env);
-    env.write_backends(&entries(&[&a], &[1]));
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let mut myelin = env.start_myelin(&cfg).unwrap();
+    let Running { env, cfg, _haproxy, mut myelin } = running(&[&a]);
     env.write_backends(&entries(&[&a, &b], &[1, 1]));
     assert!(wait_for(Duration::from_secs(5), || spray(env.frontend_port, 6).0.len() == 2).is_some(), "{}", myelin.log());
     assert!(wait_for(Duration::from_secs(5), || env.path("myelin-state.json").exists()).is_some());
@@ -147,13 +156,9 @@ fn sigkill_then_restart_with_the_source_gone_keeps_the_last_known_backends() {
 
 #[test]
 fn a_failing_runtime_api_falls_back_to_a_reload() {
-    let env = Env::new();
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
-    let cfg = runtime_config(&env);
-    env.write_backends(&entries(&[&a], &[1]));
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let myelin = env.start_myelin(&cfg).unwrap();
+    let Running { env, _haproxy, myelin, .. } = running(&[&a]);
     std::thread::sleep(Duration::from_millis(1500));
     let before = env.reloads().unwrap_or_else(|e| panic!("{e}: {}", myelin.log()));
 
@@ -176,13 +181,9 @@ fn a_failing_runtime_api_falls_back_to_a_reload() {
 
 #[test]
 fn drift_is_repaired() {
-    let env = Env::new();
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
-    let cfg = runtime_config(&env);
-    env.write_backends(&entries(&[&a, &b], &[1, 1]));
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let myelin = env.start_myelin(&cfg).unwrap();
+    let Running { env, _haproxy, myelin, .. } = running(&[&a, &b]);
     // Someone changes a weight behind myelin's back.
     env.runtime_cli("set server web/beta weight 50").unwrap();
     assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("differ from the desired state")).is_some(), "{}", myelin.log());
@@ -191,13 +192,9 @@ fn drift_is_repaired() {
 
 #[test]
 fn server_state_survives_a_reload() {
-    let env = Env::new();
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
-    let cfg = runtime_config(&env);
-    env.write_backends(&entries(&[&a, &b], &[1, 1]));
-    let _haproxy = env.start_haproxy(&cfg).unwrap();
-    let myelin = env.start_myelin(&cfg).unwrap();
+    let Running { env, cfg, _haproxy, myelin } = running(&[&a, &b]);
     std::thread::sleep(Duration::from_millis(1500));
     let before = env.reloads().unwrap();
 
