@@ -20,7 +20,7 @@ pub use command::{run_command, CommandOutput};
 pub use driver::{Driver, DriverSettings, Outcome, Report};
 pub use route::{route, Reload, Route, Situation};
 pub use gate::ReloadGate;
-pub use ondisk::servers_on_disk;
+pub use ondisk::{servers_by_backend, servers_on_disk};
 pub use render::render;
 pub use master::{parse_show_proc, Master, Processes};
 pub use ops::{runtime_ops, Op};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use myelin_config::Loaded;
-use myelin_core::{DesiredState, ServiceName, Store};
+use myelin_core::{Backend, DesiredState, ServiceName, Store};
 use myelin_haproxy::Driver;
 use myelin_watch::{Event, EventKind};
 use tokio::signal::unix::{signal, SignalKind};
@@ -62,6 +62,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         state_written: None,
         obs,
     };
+    d.seed_from_haproxy_cfg();
     d.seed_from_state_file();
     let services: Vec<_> = d.loaded.services.keys().cloned().collect();
     for name in services {
@@ -158,6 +159,22 @@ impl Daemon {
             }
             // The supervisor logs state changes itself.
             EventKind::Disconnected { .. } => self.obs.disconnected(service),
+        }
+    }
+
+    /// Until its source syncs, a service keeps the servers the haproxy.cfg on disk gives it
+    /// (what HAProxy runs): a source that cannot sync (a registry down, a directory that cannot
+    /// be watched) never empties a backend, even after the start-up timeout.
+    fn seed_from_haproxy_cfg(&mut self) {
+        let Ok(disk) = std::fs::read_to_string(&self.loaded.haproxy.config_file_path) else { return };
+        let by_backend = myelin_haproxy::servers_by_backend(&disk);
+        for (name, spec) in &self.loaded.spec.services {
+            let Some(servers) = by_backend.get(spec.backend_name.as_str()) else { continue };
+            let backends = servers
+                .iter()
+                .map(|s| Backend { name: s.name.clone(), host: s.host.clone(), port: s.port, weight: s.weight, labels: Default::default() })
+                .collect();
+            self.store.seed(name, backends);
         }
     }
 
