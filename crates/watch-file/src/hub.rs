@@ -75,13 +75,16 @@ impl Table {
         if !changes_content(&ev.kind) {
             return;
         }
-        // notify drops a directory's watch when it is deleted or moved away.
+        // notify drops the watches of a directory deleted or moved away, and of the directories
+        // below it: they must be placed again if the path comes back.
         let ends_watch = matches!(ev.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)));
         for p in &ev.paths {
-            if let Some(d) = self.dirs.get_mut(p) {
-                if ends_watch {
+            if ends_watch && self.dirs.contains_key(p) {
+                for (_, d) in self.dirs.iter_mut().filter(|(dir, _)| dir.starts_with(p)) {
                     d.watched = None;
                 }
+            }
+            if let Some(d) = self.dirs.get(p) {
                 for id in d.subs.keys() {
                     wake(&self.wakers, *id);
                 }
@@ -296,5 +299,13 @@ mod tests {
         t.dispatch(ev(EventKind::Remove(RemoveKind::Folder), "/d"));
         assert!(woken(&a) && woken(&b));
         assert_eq!(t.dirs[Path::new("/d")].watched, None);
+        // Moved away: its watch and those below it are gone, not its neighbours'.
+        let id = Some(DirId { dev: 1, ino: 2 });
+        for dir in ["/e", "/e/sub", "/else"] {
+            t.dirs.insert(dir.into(), Dir { watched: id, subs: HashMap::new() });
+        }
+        t.dispatch(ev(EventKind::Modify(ModifyKind::Name(RenameMode::From)), "/e"));
+        let watched = |d: &str| t.dirs[Path::new(d)].watched;
+        assert_eq!((watched("/e"), watched("/e/sub"), watched("/else")), (None, None, id));
     }
 }

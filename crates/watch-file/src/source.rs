@@ -362,6 +362,14 @@ mod tests {
         assert_eq!(ports(got), ["4"]);
         std::fs::write(&path, entries(&[5])).unwrap();
         assert_eq!(ports(next(&mut s).await), ["5"]);
+
+        // Moved away and back (the same directory again): watched again, so edits are seen.
+        std::fs::rename(&sub, tmp.path().join("conf.away")).unwrap();
+        err_with(next(&mut s).await, "waiting for it");
+        std::fs::rename(tmp.path().join("conf.away"), &sub).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["5"]);
+        std::fs::write(&path, entries(&[6])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["6"]);
     }
 
     #[tokio::test]
