@@ -62,17 +62,20 @@ fn the_directory_removed_and_created_again_is_followed_and_the_blind_spell_is_re
     let (_haproxy, myelin) = env.start(&cfg).unwrap();
     let port = env.frontend_port;
     assert_eq!(get(port, "/").unwrap().1, "alpha");
+    assert!(wait_for(Duration::from_secs(5), || status(admin)["services"]["web"]["watcher"] == "synced").is_some(), "{}", status(admin));
 
     std::fs::remove_dir_all(&conf).unwrap();
     let blind = |s: &serde_json::Value| s["services"]["web"]["last_error"].as_str().is_some_and(|e| e.contains("conf is missing); waiting for it"));
     assert!(wait_for(Duration::from_secs(5), || blind(&status(admin))).is_some(), "{}\n{}", status(admin), myelin.log());
-    // Blind, the service keeps its backends.
+    // Blind, the service keeps its backends, and the status does not call it synced.
     assert!(serves_only(port, &["alpha"]));
+    assert_eq!(status(admin)["services"]["web"]["watcher"], "failing", "{}", status(admin));
 
     // Created again with a new file (as a deploy that recreates its directory does).
     std::fs::create_dir(&conf).unwrap();
     std::fs::write(conf.join("backends.yaml"), b.entry()).unwrap();
     assert!(wait_for(Duration::from_secs(5), || serves_only(port, &["beta"])).is_some(), "{}", myelin.log());
+    assert_eq!(status(admin)["services"]["web"]["watcher"], "synced", "{}", status(admin));
     // And it keeps following it.
     std::fs::write(conf.join("backends.yaml"), format!("{}{}", a.entry(), b.entry())).unwrap();
     assert!(wait_for(Duration::from_secs(5), || serves_only(port, &["alpha", "beta"])).is_some(), "{}", myelin.log());
