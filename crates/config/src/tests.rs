@@ -218,3 +218,167 @@ fn the_docker_example_loads_and_retries_on_another_server() {
     assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
     assert!(defaults.contains(&"retry-on conn-failure empty-response response-timeout"), "{defaults:?}");
 }
+
+/// The errors of a config that must not load, one line each.
+fn errors(text: &str) -> Vec<String> {
+    match load_str(Path::new("/etc/myelin/test.yaml"), text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// One of the errors begins with `prefix` (`file:line:column: key.path: `).
+#[track_caller]
+fn has_error(text: &str, prefix: &str) {
+    let all = errors(text);
+    assert!(all.iter().any(|e| e.starts_with(prefix)), "no error starting with {prefix:?} in:\n{}", all.join("\n"));
+}
+
+const T: &str = "/etc/myelin/test.yaml";
+
+#[test]
+fn the_second_of_two_services_with_the_same_key_is_the_one_pointed_at() {
+    let text = "haproxy:\n  do_reloads: false\nservices:\n  a:\n    discovery: {method: static}\n    haproxy:\n      port: 8080\n  b:\n    discovery: {method: static}\n    haproxy:\n      port: 0\n      bind_address: 'no such'\n";
+    has_error(text, &format!("{T}:11:13: services.b.haproxy.port: "));
+    has_error(text, &format!("{T}:12:21: services.b.haproxy.bind_address: "));
+}
+
+#[test]
+fn listen_lines_and_extra_sections_point_at_the_line() {
+    let text = "haproxy:\n  do_reloads: false\n  extra_sections:\n    'listen stats.a b':\n      - mode http\n      - \"bind :1\\nfrontend x\"\nservices:\n  web:\n    discovery: {method: static}\n    haproxy:\n      listen:\n        - mode http\n        - \"option httpchk\\nbackend evil\"\n      backend: \"a\\nb\"\n";
+    has_error(text, &format!("{T}:6:9: haproxy.extra_sections.listen stats.a b[1]: "));
+    has_error(text, &format!("{T}:13:11: services.web.haproxy.listen[1]: "));
+    // A single string for a list: its key.
+    has_error(text, &format!("{T}:14:7: services.web.haproxy.backend[0]: "));
+}
+
+#[test]
+fn default_servers_errors_point_at_the_entry_key() {
+    // From the issue tracker: this weight (line 8) was reported at line 6.
+    let text = "haproxy: {do_reloads: false}\nservices:\n  web:\n    discovery: {method: static}\n    default_servers:\n      - host: 127.0.0.1\n        port: 80\n        weight: 1000\n      - {name: 'a b', host: 127.0.0.1, port: 81}\n      - {host: 127.0.0.1, port: 0}\n";
+    has_error(text, &format!("{T}:8:17: services.web.default_servers[0].weight: "));
+    has_error(text, &format!("{T}:9:16: services.web.default_servers[1].name: "));
+    has_error(text, &format!("{T}:10:33: services.web.default_servers[2].port: "));
+    let dup = "haproxy: {do_reloads: false}\nservices:\n  web:\n    discovery: {method: static}\n    default_servers:\n      - {host: 127.0.0.1, port: 80}\n      - {host: 127.0.0.1, port: 80}\n";
+    has_error(dup, &format!("{T}:7:9: services.web.default_servers[1]: duplicate server name"));
+}
+
+#[test]
+fn discovery_problems_point_at_their_key() {
+    let text = "haproxy: {do_reloads: false}\nservices:\n  a:\n    discovery:\n      method: docker\n      container_port: 8000\n  b:\n    discovery:\n      method: docker\n      container_port: 0\n      servers:\n        - {name: h1, host: 192.0.2.1}\n        - name: h2\n          host: 192.0.2.2\n          port: 70000\n";
+    has_error(text, &format!("{T}:10:23: services.b.discovery.container_port: "));
+    has_error(text, &format!("{T}:15:17: services.b.discovery.servers[1].port: "));
+}
+
+#[test]
+fn haproxy_settings_point_at_their_key() {
+    let text = "services: {}\nhaproxy:\n  global: [maxconn 10]\n  do_reloads: true\n  restart_jitter: 5\n  drain_timeout: 90000\n  do_socket: true\n  check_command: []\n";
+    has_error(text, &format!("{T}:5:19: haproxy.restart_jitter: "));
+    has_error(text, &format!("{T}:6:18: haproxy.drain_timeout: "));
+    has_error(text, &format!("{T}:8:3: haproxy.check_command: "));
+    // Required keys that are missing: at the value that requires them.
+    has_error(text, &format!("{T}:4:15: haproxy.reload_command: required"));
+    has_error(text, &format!("{T}:7:14: haproxy.socket_file_path: required"));
+}
+
+#[test]
+fn admin_and_file_output_point_at_their_key() {
+    // From the issue tracker: this admin.bind (line 11) was reported at line 6.
+    let text = "haproxy:\n  do_reloads: false\nservices:\n  web:\n    discovery: {method: static}\n    haproxy: {bind_address: 127.0.0.1, port: 8080}\nfile_output:\n  output_directory: ''\n\nadmin:\n  bind: 'localhost:9213'\n";
+    has_error(text, &format!("{T}:11:9: admin.bind: "));
+    has_error(text, &format!("{T}:8:21: file_output.output_directory: must not be empty"));
+}
+
+#[test]
+fn notices_point_at_their_key() {
+    let l = ok("services: {}\nhaproxy:\n  do_reloads: false\n  server_order_seed: 7\n  max_server_id: 9\n");
+    let shown: Vec<_> = l.notices.iter().map(|n| n.to_string()).collect();
+    assert!(shown.iter().any(|n| n.starts_with(&format!("{T}:4: haproxy.server_order_seed: "))), "{shown:?}");
+    assert!(shown.iter().any(|n| n.starts_with(&format!("{T}:5: haproxy.max_server_id: "))), "{shown:?}");
+}
+
+#[test]
+fn keys_given_twice_are_errors_at_the_second() {
+    has_error(
+        "haproxy: {do_reloads: false}\nservices:\n  web:\n    discovery: {method: static}\n  web:\n    discovery: {method: static}\n",
+        &format!("{T}:5:3: services.web: this key is given twice in the same mapping (first on line 3)"),
+    );
+    has_error(
+        "haproxy:\n  do_reloads: false\n  extra_sections:\n    'listen a':\n      - mode http\n    'listen a': [mode tcp]\n",
+        &format!("{T}:6:5: haproxy.extra_sections.listen a: this key is given twice"),
+    );
+    has_error("haproxy:\n  do_reloads: false\n  do_reloads: true\n", &format!("{T}:3:3: haproxy.do_reloads: this key is given twice"));
+    // JSON too.
+    has_error("{\"haproxy\": {\"do_reloads\": false},\n \"haproxy\": {}}\n", &format!("{T}:2:2: haproxy: this key is given twice"));
+}
+
+#[test]
+fn two_frontends_on_the_same_address_and_port_are_an_error_at_the_second() {
+    let svc = |name: &str, bind: &str, port: u16| format!("  {name}:\n    discovery: {{method: static}}\n    haproxy: {{bind_address: '{bind}', port: {port}}}\n");
+    let cfg = |services: &[String]| format!("{MIN}services:\n{}", services.concat());
+    // Services are read in name order; "second" is the file's order.
+    has_error(
+        &cfg(&[svc("zeta", "127.0.0.1", 8080), svc("alpha", "127.0.0.1", 8080)]),
+        &format!("{T}:9:48: services.alpha.haproxy.port: `127.0.0.1:8080` overlaps `127.0.0.1:8080`, the frontend of service `zeta`"),
+    );
+    has_error(&cfg(&[svc("a", "127.0.0.1", 8080), svc("b", "*", 8080)]), &format!("{T}:9:40: services.b.haproxy.port: `:8080` overlaps"));
+    has_error(&cfg(&[svc("a", "0.0.0.0", 8080), svc("b", "::1", 8080)]), &format!("{T}:9:42: services.b.haproxy.port: "));
+    ok(&cfg(&[svc("a", "127.0.0.1", 8080), svc("b", "127.0.0.2", 8080), svc("c", "*", 8081)]));
+}
+
+#[test]
+fn service_conf_dir_errors_point_into_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("svc")).unwrap();
+    std::fs::write(dir.path().join("svc/api.yaml"), "discovery: {method: static}\nhaproxy:\n  port: 8080\ndefault_servers:\n  - {host: 127.0.0.1, port: 81, weight: 300}\n").unwrap();
+    std::fs::write(dir.path().join("svc/web.json"), "{\"discovery\": {\"method\": \"static\"},\n \"haproxy\": {\"port\": 0}}\n").unwrap();
+    let main = dir.path().join("myelin.yaml");
+    std::fs::write(&main, "service_conf_dir: svc\nhaproxy: {do_reloads: false}\nservices:\n  other:\n    discovery: {method: static}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    let api = dir.path().join("svc/api.yaml");
+    let web = dir.path().join("svc/web.json");
+    assert!(shown.iter().any(|e| e.starts_with(&format!("{}:5:41: services.api.default_servers[0].weight: ", api.display()))), "{shown:?}");
+    assert!(shown.iter().any(|e| e.starts_with(&format!("{}:2:22: services.web.haproxy.port: ", web.display()))), "{shown:?}");
+
+    std::fs::write(dir.path().join("svc/api.yaml"), "discovery: {method: static}\ndiscovery: {method: static}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert_eq!(shown, [format!("{}:2:1: services.api.discovery: this key is given twice in the same mapping (first on line 1); give it once", api.display())]);
+}
+
+#[test]
+fn files_are_read_through_a_size_bound() {
+    let started = std::time::Instant::now();
+    let e = load(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].to_string(), "/dev/zero: larger than 16 MiB: not a configuration file");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big).unwrap().set_len(crate::load::MAX_FILE_BYTES + 1).unwrap();
+    assert!(load(&big).unwrap_err()[0].message.contains("larger than 16 MiB"));
+    std::fs::create_dir(dir.path().join("svc")).unwrap();
+    std::fs::File::create(dir.path().join("svc/huge.yaml")).unwrap().set_len(crate::load::MAX_FILE_BYTES + 1).unwrap();
+    let main = dir.path().join("myelin.yaml");
+    std::fs::write(&main, "service_conf_dir: svc\nhaproxy: {do_reloads: false}\n").unwrap();
+    let e = load(&main).unwrap_err();
+    assert!(e[0].to_string().contains("huge.yaml: larger than 16 MiB"), "{}", e[0]);
+
+    std::fs::write(&big, b"haproxy: {do_reloads: false}\n# \xff\n").unwrap();
+    assert!(load(&big).unwrap_err()[0].message.contains("not UTF-8"));
+}
+
+#[test]
+fn the_number_of_errors_is_capped() {
+    let services: String = (0..30).map(|i| format!("  s{i}:\n    discovery: {{method: static}}\n    haproxy: {{port: 0}}\n")).collect();
+    let e = errors(&format!("{MIN}services:\n{services}"));
+    assert_eq!(e.len(), crate::load::MAX_ERRORS + 1);
+    assert_eq!(e.last().unwrap(), &format!("{T}: and 10 more errors"));
+}
+
+#[test]
+fn statsd_numbers_are_checked() {
+    has_error("statsd:\n  port: 70000\n", &format!("{T}:2:9: statsd.port: "));
+    has_error("statsd:\n  sample_rate: {'a.b': .nan}\n", &format!("{T}:2:24: statsd.sample_rate.a.b: must be a fraction"));
+    ok("statsd: {port: 8125, sample_rate: {a: 0.5}}\n");
+}
