@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 
 use crate::error::{with_hint, ConfigError};
 use crate::interpolate::interpolate;
@@ -124,12 +125,22 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
     match serde_path_to_error::deserialize::<_, T>(de) {
         Ok(v) => Ok((v, index)),
         Err(e) => {
-            let rel = e.path().to_string();
+            // The key path serde reached, typed: where the index knows it, its position is
+            // exact (serde's own is the enclosing mapping's for tagged and untagged enums).
+            let mut at = root.clone();
+            for seg in e.path().iter() {
+                match seg {
+                    Segment::Seq { index } => at = at.index(*index),
+                    Segment::Map { key } => at = at.key(key.as_str()),
+                    Segment::Enum { .. } => {}
+                    Segment::Unknown => break,
+                }
+            }
+            let mut rel = e.path().to_string();
             let inner = e.into_inner();
-            let loc = inner.location();
+            let mut message = inner.to_string();
             // serde_yaml_ng appends " at line L column C" to the message: the position is shown
             // in front instead.
-            let mut message = inner.to_string();
             if let Some(i) = message.find(" at line ") {
                 message.truncate(i);
             }
@@ -139,18 +150,30 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
                     message = rest.to_owned();
                 }
             }
+            // A discovery kind's settings say the key below `discovery` in the message.
+            if let Some((below, rest)) = crate::discovery::split_path(&message) {
+                at = at.dotted(below);
+                rel = format!("{rel}.{below}");
+                message = rest.to_owned();
+            }
+            // An untagged enum's error is its `expecting` text alone ("a whole number").
+            if message.starts_with("a ") {
+                message = format!("expected {message}");
+            }
+            let pos = Positions::new(vec![index]);
+            let (line, column) = match (pos.exists(&at), inner.location()) {
+                (true, _) | (false, None) => {
+                    let p = pos.locate(&at).1;
+                    (p.map(|p| p.line), p.map(|p| p.column))
+                }
+                (false, Some(l)) => (Some(l.line()), Some(l.column())),
+            };
             let path = match (root.to_string(), rel.as_str()) {
                 (r, ".") | (r, "") => r,
                 (r, rel) if r.is_empty() => rel.to_owned(),
                 (r, rel) => format!("{r}.{rel}"),
             };
-            Err(vec![ConfigError {
-                file: file.into(),
-                line: loc.as_ref().map(|l| l.line()),
-                column: loc.as_ref().map(|l| l.column()),
-                path,
-                message: with_hint(&message),
-            }])
+            Err(vec![ConfigError { file: file.into(), line, column, path, message: with_hint(&message) }])
         }
     }
 }

@@ -382,3 +382,170 @@ fn statsd_numbers_are_checked() {
     has_error("statsd:\n  sample_rate: {'a.b': .nan}\n", &format!("{T}:2:24: statsd.sample_rate.a.b: must be a fraction"));
     ok("statsd: {port: 8125, sample_rate: {a: 0.5}}\n");
 }
+
+/// Every key that holds a number, by its path in [`numbers_config`].
+const NUMERIC_KEYS: &[&str] = &[
+    "haproxy.restart_interval",
+    "haproxy.restart_jitter",
+    "haproxy.state_file_ttl",
+    "haproxy.server_order_seed",
+    "haproxy.max_server_id",
+    "haproxy.drain_timeout",
+    "haproxy.verify_interval",
+    "services.web.haproxy.port",
+    "services.web.haproxy.server_port_override",
+    "services.web.backend_port_override",
+    "services.web.default_servers[0].port",
+    "services.web.default_servers[0].weight",
+    "services.web.discovery.container_port",
+    "services.web.discovery.check_interval",
+    "services.web.discovery.servers[0].port",
+    "services.zk.discovery.discovery_jitter",
+    "services.etcd.discovery.port",
+    "statsd.port",
+    "statsd.sample_rate.x",
+    "admin.bind",
+];
+
+/// A config with every numeric key set to a valid value, except `key`, set to `value`.
+fn numbers_config(key: &str, value: &str) -> String {
+    let v = |k: &str, good: &str| if k == key { value.to_owned() } else { good.to_owned() };
+    format!(
+        "haproxy:
+  do_reloads: false
+  socket_file_path: /run/myelin-test.sock
+  restart_interval: {}
+  restart_jitter: {}
+  state_file_ttl: {}
+  server_order_seed: {}
+  max_server_id: {}
+  drain_timeout: {}
+  verify_interval: {}
+services:
+  web:
+    haproxy:
+      port: {}
+      server_port_override: {}
+    backend_port_override: {}
+    default_servers:
+      - host: 127.0.0.1
+        port: {}
+        weight: {}
+    discovery:
+      method: docker
+      container_port: {}
+      check_interval: {}
+      servers:
+        - name: h1
+          host: 192.0.2.1
+          port: {}
+  zk:
+    discovery:
+      method: zookeeper
+      hosts: [zk1]
+      path: /s
+      discovery_jitter: {}
+  etcd:
+    discovery:
+      method: etcd
+      host: etcd1
+      path: /s
+      port: {}
+statsd:
+  port: {}
+  sample_rate:
+    x: {}
+admin:
+  bind: {}
+",
+        v("haproxy.restart_interval", "2"),
+        v("haproxy.restart_jitter", "0.5"),
+        v("haproxy.state_file_ttl", "60"),
+        v("haproxy.server_order_seed", "1"),
+        v("haproxy.max_server_id", "10"),
+        v("haproxy.drain_timeout", "30"),
+        v("haproxy.verify_interval", "30"),
+        v("services.web.haproxy.port", "8080"),
+        v("services.web.haproxy.server_port_override", "81"),
+        v("services.web.backend_port_override", "82"),
+        v("services.web.default_servers[0].port", "80"),
+        v("services.web.default_servers[0].weight", "10"),
+        v("services.web.discovery.container_port", "8000"),
+        v("services.web.discovery.check_interval", "5"),
+        v("services.web.discovery.servers[0].port", "2375"),
+        v("services.zk.discovery.discovery_jitter", "1"),
+        v("services.etcd.discovery.port", "2379"),
+        v("statsd.port", "8125"),
+        v("statsd.sample_rate.x", "0.5"),
+        v("admin.bind", "9213"),
+    )
+}
+
+/// Any YAML scalar, or a small collection of them.
+fn yaml_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let scalar = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i128>().prop_map(|n| n.to_string()),
+        "-?[0-9]{19,60}",
+        any::<f64>().prop_map(|f| format!("{f:e}")),
+        any::<f64>().prop_map(|f| format!("{f:?}")),
+        (0u32..70000).prop_map(|n| format!("{n}.0")),
+        (-2.0f64..2.0).prop_map(|f| f.to_string()),
+        prop::sample::select(vec![
+            ".nan", ".NaN", ".inf", "-.inf", "+.inf", ".Inf", "1e308", "-1e308", "1e309", "-0.0", "0.0", "0", "-0", "-1", "65535", "65536",
+            "4294967296", "18446744073709551615", "18446744073709551616", "0x1F", "0o17", "1_000", "5e-324", "3.6e3", "'8080'", "' 80 '",
+            "'1e400'", "'.nan'", "'-1'", "true", "false", "yes", "no", "null", "~", "''", "\"\"", "'127.0.0.1:80'", "'[::1]:0'", "[]", "{}",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z0-9.:+-]{1,12}",
+        "[ -~]{0,16}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+    ];
+    scalar.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(", "))),
+            prop::collection::vec(inner, 0..3).prop_map(|v| format!("{{{}}}", v.iter().enumerate().map(|(i, x)| format!("k{i}: {x}")).collect::<Vec<_>>().join(", "))),
+        ]
+    })
+}
+
+#[test]
+fn the_numbers_config_loads_with_valid_values() {
+    let l = ok(&numbers_config("", ""));
+    assert_eq!(l.haproxy.restart_jitter, 0.5);
+    let e = errors(&numbers_config("services.web.default_servers[0].weight", ".nan"));
+    assert!(e[0].starts_with(&format!("{T}:20:17: services.web.default_servers[0].weight: ")), "{e:?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+
+    /// No value in any numeric key makes loading panic: it loads, or it is a config error with
+    /// a position. What loads opens its sources' partitions without panicking too.
+    #[test]
+    fn any_scalar_in_any_numeric_key_is_a_value_or_an_error(key in proptest::sample::select(NUMERIC_KEYS), value in yaml_value()) {
+        let text = numbers_config(key, &value);
+        match load_str(Path::new("/etc/myelin/test.yaml"), &text) {
+            Ok(l) => {
+                for (name, svc) in &l.services {
+                    let _ = svc.discovery.source().partitions(&l.source_context(name));
+                }
+            }
+            Err(errors) => {
+                // Only `key` can be wrong: each error is about it, on its line (when the
+                // position parser reads the text: see `FileIndex::is_empty`).
+                let line = numbers_config(key, "@@").lines().position(|l| l.contains("@@")).map(|i| i + 1);
+                let indexed = !crate::position::FileIndex::build(Path::new("t"), crate::position::KeyPath::root(), &text).0.is_empty();
+                proptest::prop_assert!(!errors.is_empty());
+                for e in &errors {
+                    proptest::prop_assert!(e.line.is_some(), "{} ({} = {})", e, key, value);
+                    if indexed {
+                        proptest::prop_assert_eq!(e.line, line, "{} ({} = {})", e, key, value);
+                    }
+                    proptest::prop_assert!(e.path.starts_with(key) || key.starts_with(&e.path), "{} ({} = {})", e, key, value);
+                }
+            }
+        }
+    }
+}
