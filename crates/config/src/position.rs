@@ -13,6 +13,13 @@ use yaml_rust2::scanner::Marker;
 
 use crate::error::ConfigError;
 
+/// Deeper than any configuration (serde_yaml_ng stops at 128 too): the index stops with an
+/// error rather than grow a stack for a hostile file.
+const MAX_DEPTH: usize = 64;
+
+/// More keys and values than any configuration has (a large one has a few tens of thousands).
+const MAX_NODES: usize = 250_000;
+
 /// One step of a key path: a mapping key, or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Seg {
@@ -117,15 +124,48 @@ pub(crate) struct FileIndex {
 }
 
 impl FileIndex {
-    /// Index `text`. Keys given twice in one mapping are errors, at the second occurrence. When
+    /// Index `text` (its first document). Keys given twice in one mapping are errors, at the
+    /// second occurrence; so are nesting deeper than 64 and more than 250,000 nodes. When
     /// the YAML parser used here refuses the text, the index is empty (deserialization then
     /// reports the syntax error with its own position).
     pub(crate) fn build(file: &Path, root: KeyPath, text: &str) -> (Self, Vec<ConfigError>) {
+        Self::build_bounded(file, root, text, MAX_NODES)
+    }
+
+    fn build_bounded(file: &Path, root: KeyPath, text: &str, max_nodes: usize) -> (Self, Vec<ConfigError>) {
         let mut b = Builder { stack: Vec::new(), nodes: HashMap::new(), duplicates: Vec::new(), done: false };
         let mut parser = Parser::new_from_str(text);
-        let parsed = parser.load(&mut b, false);
+        let mut refused = false;
+        let mut too_big = None;
+        while !b.done {
+            match parser.next_token() {
+                // yaml-rust2 refuses flow nesting deeper than 255 while looking ahead, before
+                // the events reach MAX_DEPTH. libyaml takes quadratic time on such nesting, so
+                // this is an error here rather than left to serde_yaml_ng.
+                Err(e) if e.info().contains("recursion limit") => {
+                    too_big = Some((Pos::from(*e.marker()), format!("nested more than {MAX_DEPTH} levels deep: not a configuration")));
+                }
+                Err(_) => refused = true,
+                Ok((Event::StreamEnd, _)) => b.done = true,
+                Ok((ev, mark)) => {
+                    b.on_event(ev, mark);
+                    if b.stack.len() > MAX_DEPTH {
+                        too_big = Some((Pos::from(mark), format!("nested more than {MAX_DEPTH} levels deep: not a configuration")));
+                    } else if b.nodes.len() > max_nodes {
+                        too_big = Some((Pos::from(mark), format!("more than {max_nodes} keys and values: not a configuration")));
+                    }
+                }
+            }
+            if refused || too_big.is_some() {
+                break;
+            }
+        }
         let mut index = Self { file: file.to_path_buf(), root, nodes: b.nodes };
-        if parsed.is_err() {
+        if let Some((at, message)) = too_big {
+            let path = index.root.to_string();
+            return (index, vec![ConfigError { file: file.to_path_buf(), line: Some(at.line), column: Some(at.column), path, message }]);
+        }
+        if refused {
             index.nodes.clear();
             return (index, Vec::new());
         }
@@ -283,7 +323,6 @@ impl MarkedEventReceiver for Builder {
         match ev {
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart => {}
             Event::DocumentEnd => self.done = true,
-            _ if self.done => {}
             Event::MappingEnd | Event::SequenceEnd => {
                 if let Some(Frame::Skip { .. }) = self.stack.last() {
                     self.place(&ev, at);
@@ -364,5 +403,16 @@ mod tests {
         assert_eq!(at(&i, &KeyPath::root().key("y").key("p")), (4, 1));
         let (i, _) = index("a: [\n");
         assert!(i.locate(KeyPath::root().key("a").segments()).is_none());
+    }
+
+    #[test]
+    fn hostile_shapes_stop_the_index_with_an_error() {
+        let deep = format!("a: {}1{}\n", "[".repeat(70), "]".repeat(70));
+        let (_, e) = index(&deep);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].to_string().starts_with("t.yaml:1:67: nested more than 64 levels deep"), "{}", e[0]);
+        let wide: String = (0..300).map(|i| format!("k{i}: 1\n")).collect();
+        let (_, e) = FileIndex::build_bounded(Path::new("t.yaml"), KeyPath::root(), &wide, 250);
+        assert!(e[0].to_string().starts_with("t.yaml:250:7: more than 250 keys and values"), "{}", e[0]);
     }
 }

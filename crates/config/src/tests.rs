@@ -549,3 +549,17 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    // serde_yaml_ng (libyaml) takes quadratic time on deep flow nesting (12 s at 20,000 levels
+    // in a debug build): the index refuses it first.
+    for depth in [70, 300, 1_000_000] {
+        let text = format!("services: {}1{}\n", "[".repeat(depth), "]".repeat(depth));
+        let started = std::time::Instant::now();
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("nested more than 64 levels deep"), "{e:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "{depth}: {:?}", started.elapsed());
+    }
+}
