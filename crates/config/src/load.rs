@@ -54,10 +54,11 @@ fn load_all(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
             if config.services.contains_key(&name) {
                 let at = KeyPath::root().key("services").key(name.as_str());
                 let first = Positions::new(vec![files[0].clone()]).locate(&at).1.map_or(String::new(), |p| format!(" (line {})", p.line));
+                let here = Positions::new(vec![index]).locate(&at).1;
                 return Err(vec![ConfigError {
                     file: file.clone(),
-                    line: None,
-                    column: None,
+                    line: here.map(|p| p.line),
+                    column: here.map(|p| p.column),
                     path: at.to_string(),
                     message: format!("service {name:?} is also defined in {}{first}", path.display()),
                 }]);
@@ -89,7 +90,10 @@ pub(crate) fn resolve(config_file: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn read_service_dir(dir: &Path) -> Result<Vec<(PathBuf, String, FileIndex, ServiceConfig)>, Vec<ConfigError>> {
+/// A `service_conf_dir` file: its path, the service's name, its positions and its settings.
+type ServiceFile = (PathBuf, String, FileIndex, ServiceConfig);
+
+fn read_service_dir(dir: &Path) -> Result<Vec<ServiceFile>, Vec<ConfigError>> {
     let err = |message: String| vec![ConfigError { file: dir.into(), line: None, column: None, path: "service_conf_dir".into(), message }];
     let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot read directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
@@ -136,7 +140,8 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
                     Segment::Unknown => break,
                 }
             }
-            let mut rel = e.path().to_string();
+            // serde_path_to_error writes `?` for a segment it does not know: the path stops there.
+            let mut rel = at.to_string()[root.to_string().len()..].trim_start_matches('.').to_owned();
             let inner = e.into_inner();
             let mut message = inner.to_string();
             // serde_yaml_ng appends " at line L column C" to the message: the position is shown
@@ -152,8 +157,11 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
             }
             // A discovery kind's settings say the key below `discovery` in the message.
             if let Some((below, rest)) = crate::discovery::split_path(&message) {
-                at = at.dotted(below);
-                rel = format!("{rel}.{below}");
+                let below = below.split(".?").next().unwrap_or_default().trim_start_matches('?');
+                if !below.is_empty() {
+                    at = at.dotted(below);
+                    rel = format!("{rel}.{below}");
+                }
                 message = rest.to_owned();
             }
             // An untagged enum's error is its `expecting` text alone ("a whole number").
@@ -168,8 +176,8 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
                 }
                 (false, Some(l)) => (Some(l.line()), Some(l.column())),
             };
-            let path = match (root.to_string(), rel.as_str()) {
-                (r, ".") | (r, "") => r,
+            let path = match (root.to_string(), rel.trim_start_matches('.')) {
+                (r, "") => r,
                 (r, rel) if r.is_empty() => rel.to_owned(),
                 (r, rel) => format!("{r}.{rel}"),
             };

@@ -563,3 +563,9 @@ fn deep_nesting_is_an_error_not_a_crash() {
         assert!(started.elapsed() < std::time::Duration::from_secs(3), "{depth}: {:?}", started.elapsed());
     }
 }
+
+#[test]
+fn a_syntax_error_inside_discovery_has_no_unknown_key() {
+    let e = errors(&numbers_config("services.web.discovery.container_port", "0:"));
+    assert!(e[0].starts_with(&format!("{T}:23:")) && e[0].contains(": services.web.discovery: "), "{e:?}");
+}

@@ -68,7 +68,7 @@ fn frontend_clashes(cx: &mut Ctx, specs: &BTreeMap<ServiceName, ServiceSpec>) {
             (cx.positions.order(&path), path, name, f)
         })
         .collect();
-    frontends.sort_by(|a, b| a.0.cmp(&b.0));
+    frontends.sort_by_key(|f| f.0);
     for (i, (_, path, name, f)) in frontends.iter().enumerate() {
         let clash = frontends[..i].iter().find(|(_, _, _, g)| g.port == f.port && addresses_overlap(&g.bind_address, &f.bind_address));
         if let Some((_, _, other, g)) = clash {
