@@ -247,8 +247,9 @@ impl Positions {
 enum Frame {
     Mapping { path: Vec<Seg>, key: Option<(String, Pos)>, seen: HashMap<String, Pos>, expect_key: bool },
     Sequence { path: Vec<Seg>, next: usize },
-    /// A mapping or sequence used as a key: not indexed.
-    Skip { depth: usize },
+    /// A mapping or sequence used as a key (`after_key` false), or the value of such a key:
+    /// not indexed.
+    Skip { depth: usize, after_key: bool },
 }
 
 struct Builder {
@@ -264,7 +265,8 @@ impl Builder {
     fn place(&mut self, ev: &Event, at: Pos) -> Option<(Vec<Seg>, Option<Pos>)> {
         match self.stack.last_mut() {
             None => Some((Vec::new(), None)),
-            Some(Frame::Skip { depth }) => {
+            Some(Frame::Skip { depth, after_key }) => {
+                let after_key = *after_key;
                 match ev {
                     Event::MappingStart(..) | Event::SequenceStart(..) => *depth += 1,
                     Event::MappingEnd | Event::SequenceEnd => *depth -= 1,
@@ -272,7 +274,7 @@ impl Builder {
                 }
                 if *depth == 0 {
                     self.stack.pop();
-                    if let Some(Frame::Mapping { expect_key, key, .. }) = self.stack.last_mut() {
+                    if let (false, Some(Frame::Mapping { expect_key, key, .. })) = (after_key, self.stack.last_mut()) {
                         *key = None;
                         *expect_key = false;
                     }
@@ -301,14 +303,20 @@ impl Builder {
                         }
                         Event::MappingStart(..) | Event::SequenceStart(..) => {
                             *key = None;
-                            self.stack.push(Frame::Skip { depth: 1 });
+                            self.stack.push(Frame::Skip { depth: 1, after_key: false });
                         }
                         _ => *key = None,
                     }
                     return None;
                 }
                 *expect_key = true;
-                let (k, kpos) = key.take()?;
+                let Some((k, kpos)) = key.take() else {
+                    // The value of a key that is not a scalar.
+                    if matches!(ev, Event::MappingStart(..) | Event::SequenceStart(..)) {
+                        self.stack.push(Frame::Skip { depth: 1, after_key: true });
+                    }
+                    return None;
+                };
                 let mut p = path.clone();
                 p.push(Seg::Key(k));
                 Some((p, Some(kpos)))
@@ -401,6 +409,9 @@ mod tests {
         let (i, _) = index("? [a, b]\n: 1\nx: &v {p: 1}\ny: *v\nz: 3\n");
         assert_eq!(at(&i, &KeyPath::root().key("z")), (5, 4));
         assert_eq!(at(&i, &KeyPath::root().key("y").key("p")), (4, 1));
+        let (i, _) = index("? {a: [b]}\n: {p: [1, {q: 2}]}\nz: 3\n");
+        assert_eq!(at(&i, &KeyPath::root().key("z")), (3, 4));
+        assert!(!i.nodes.contains_key(&[Seg::Key("p".into())][..]));
         let (i, _) = index("a: [\n");
         assert!(i.locate(KeyPath::root().key("a").segments()).is_none());
     }
