@@ -426,4 +426,15 @@ mod tests {
         let (_, e) = FileIndex::build_bounded(Path::new("t.yaml"), KeyPath::root(), &wide, 250);
         assert!(e[0].to_string().starts_with("t.yaml:250:7: more than 250 keys and values"), "{}", e[0]);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+        /// Any text made of YAML's punctuation: indexed or refused, never a panic.
+        #[test]
+        fn any_text_is_indexed_or_refused(text in "[-?:,\\[\\]{}&*!|>'\" #a1\n\t.]{0,80}") {
+            let (i, _) = index(&text);
+            let _ = i.locate(KeyPath::root().key("a").index(0).segments());
+        }
+    }
 }

@@ -569,3 +569,13 @@ fn a_syntax_error_inside_discovery_has_no_unknown_key() {
     let e = errors(&numbers_config("services.web.discovery.container_port", "0:"));
     assert!(e[0].starts_with(&format!("{T}:23:")) && e[0].contains(": services.web.discovery: "), "{e:?}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+    /// Any text made of YAML's punctuation and a few keys loads or is an error, never a panic.
+    #[test]
+    fn any_text_loads_or_is_an_error(text in "(services|haproxy|web|port|discovery|method|static|[-?:,\\[\\]{}&*!|>'\" #a1\n.]){0,60}") {
+        let _ = load_str(Path::new("/etc/myelin/test.yaml"), &text);
+    }
+}
