@@ -21,7 +21,7 @@ pub use driver::{Driver, DriverSettings, Outcome, Report};
 pub use route::{route, Reload, Route, Situation};
 pub use gate::ReloadGate;
 pub use ondisk::{servers_by_backend, servers_on_disk};
-pub use render::render;
+pub use render::{render, Renderer};
 pub use master::{parse_show_proc, Master, Processes};
 pub use ops::{runtime_ops, Op};
 pub use runtime::Runtime;
