@@ -8,6 +8,7 @@ mod error;
 mod interpolate;
 mod load;
 mod placement;
+mod position;
 mod schema;
 mod validate;
 
