@@ -278,6 +278,8 @@ fn haproxy_settings_point_at_their_key() {
     has_error(text, &format!("{T}:8:3: haproxy.check_command: "));
     // Required keys that are missing: at the value that requires them.
     has_error(text, &format!("{T}:4:15: haproxy.reload_command: required"));
+    // With the master CLI, no reload command is needed.
+    ok("haproxy:\n  master_socket_path: /run/haproxy-master.sock\n");
     has_error(text, &format!("{T}:7:14: haproxy.socket_file_path: required"));
 }
 

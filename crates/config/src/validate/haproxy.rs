@@ -93,8 +93,9 @@ pub(super) fn settings(cx: &mut Ctx, file: &Path, h: Option<&HaproxyConfig>) -> 
     let mut cmd = |key: &str, c: &Option<CommandConfig>| c.as_ref().and_then(|c| command(c).map_err(|e| cx.error(&hp().key(key), e)).ok());
     let reload_command = cmd("reload_command", &h.reload_command);
     let check_command = cmd("check_command", &h.check_command);
-    if h.do_reloads && reload_command.is_none() && h.reload_command.is_none() {
-        cx.error_near(&hp().key("reload_command"), &hp().key("do_reloads"), "required when `do_reloads` is true (or set `do_reloads: false`)");
+    // With the master CLI, reloads go through it: no command is needed.
+    if h.do_reloads && reload_command.is_none() && h.reload_command.is_none() && h.master_socket_path.is_none() {
+        cx.error_near(&hp().key("reload_command"), &hp().key("do_reloads"), "required when `do_reloads` is true without `master_socket_path` (or set `do_reloads: false`)");
     }
     let interval = h.restart_interval.map_or(2.0, Seconds::get);
     if interval > 3600.0 {
