@@ -1,0 +1,1 @@
+//! Consul services found by tag (filled in below).
