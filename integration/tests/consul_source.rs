@@ -9,11 +9,11 @@ use futures::StreamExt;
 use myelin_core::{ServiceName, Update};
 use myelin_integration::consul::{Consul, Fault};
 use myelin_source::{Context, SourceConfig, SourceError, UpdateStream};
-use myelin_watch_consul::ConsulDiscovery;
+use myelin_watch_consul::ConsulConfig;
 use tokio::sync::mpsc;
 
-fn settings(c: &Consul, yaml: &str) -> ConsulDiscovery {
-    let mut d: ConsulDiscovery = serde_yaml_ng::from_str(yaml).unwrap();
+fn settings(c: &Consul, yaml: &str) -> ConsulConfig {
+    let mut d: ConsulConfig = serde_yaml_ng::from_str(yaml).unwrap();
     d.address.get_or_insert(c.address());
     assert!(d.check().is_empty(), "{:?}", d.check());
     d
@@ -24,7 +24,7 @@ fn settings(c: &Consul, yaml: &str) -> ConsulDiscovery {
 struct Watch(mpsc::UnboundedReceiver<Result<Update, SourceError>>);
 
 /// The opener of the only partition (the source keeps what it reported across openings).
-fn opener(d: &ConsulDiscovery) -> impl Fn() -> Watch {
+fn opener(d: &ConsulConfig) -> impl Fn() -> Watch {
     let cx = Context { service: ServiceName::parse("web").unwrap() };
     let p = d.partitions(&cx).pop().unwrap();
     move || {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use myelin_source::{Context, LabelFilter, Number, Partition, Seconds, SettingsProblem, SourceConfig, StaticConfig};
+use myelin_watch_consul::ConsulConfig;
 use myelin_watch_docker::DockerConfig;
 use myelin_watch_file::FileConfig;
 use serde::Deserialize;
@@ -23,7 +24,8 @@ pub enum Discovery {
     Docker(DockerConfig),
     Zookeeper(ZookeeperDiscovery),
     Etcd(EtcdDiscovery),
-    Consul(ConsulDiscovery),
+    /// The healthy instances of a Consul service (blocking queries).
+    Consul(ConsulConfig),
 }
 
 impl Discovery {
@@ -99,17 +101,3 @@ pub struct EtcdDiscovery {
     pub label_filters: Vec<LabelFilter>,
 }
 not_supported_yet!(EtcdDiscovery, "etcd");
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsulDiscovery {
-    /// The service's name in Consul (default: the myelin service name).
-    pub service: Option<String>,
-    /// Consul's HTTP address (default `http://127.0.0.1:8500`).
-    pub address: Option<String>,
-    pub tag: Option<String>,
-    pub datacenter: Option<String>,
-    #[serde(default)]
-    pub label_filters: Vec<LabelFilter>,
-}
-not_supported_yet!(ConsulDiscovery, "consul");

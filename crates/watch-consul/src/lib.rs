@@ -26,5 +26,5 @@ mod settings;
 mod source;
 
 pub use myelin_core::Discovered;
-pub use settings::{ConsulDiscovery, Endpoint, Env, Token, TokenFrom, DEFAULT_ADDRESS, DEFAULT_WAIT};
+pub use settings::{ConsulConfig, Endpoint, Env, Token, TokenFrom, DEFAULT_ADDRESS, DEFAULT_WAIT};
 pub use source::{ConsulSource, Query};

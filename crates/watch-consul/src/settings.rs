@@ -2,7 +2,7 @@
 //! and the ACL token.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ impl fmt::Display for Token {
 /// `services.<name>.discovery` with `method: consul`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConsulDiscovery {
+pub struct ConsulConfig {
     /// The service's name in Consul (default: the myelin service's name).
     #[serde(default)]
     pub service: Option<String>,
@@ -113,7 +113,7 @@ fn yes() -> bool {
     true
 }
 
-impl ConsulDiscovery {
+impl ConsulConfig {
     /// Settings with every default (for tests and templates).
     pub fn with_service(service: impl Into<String>) -> Self {
         Self {
@@ -240,7 +240,7 @@ pub struct Endpoint {
     pub token: TokenFrom,
 }
 
-impl SourceConfig for ConsulDiscovery {
+impl SourceConfig for ConsulConfig {
     fn method(&self) -> &'static str {
         "consul"
     }
@@ -288,15 +288,13 @@ impl SourceConfig for ConsulDiscovery {
         out
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.ca_file, &mut self.cert_file, &mut self.key_file, &mut self.token_file].into_iter().flatten() {
-            *p = myelin_source::resolve(base, p);
-        }
-    }
-
     fn partitions(&self, cx: &Context) -> Vec<Partition> {
         let name = self.service.clone().unwrap_or_else(|| cx.service.to_string());
-        let source = ConsulSource::new(name, Arc::new(self.clone()));
+        let mut settings = self.clone();
+        for p in [&mut settings.ca_file, &mut settings.cert_file, &mut settings.key_file, &mut settings.token_file].into_iter().flatten() {
+            *p = cx.resolve(p);
+        }
+        let source = ConsulSource::new(name, Arc::new(settings));
         vec![Partition::single(Box::new(move || source.open()))]
     }
 }
@@ -304,8 +302,9 @@ impl SourceConfig for ConsulDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    fn parse(yaml: &str) -> Result<ConsulDiscovery, String> {
+    fn parse(yaml: &str) -> Result<ConsulConfig, String> {
         serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
     }
 
@@ -363,13 +362,5 @@ mod tests {
         assert_eq!(keys("{service: '', wait: 0.5, max_stale: 2, cert_file: c}"), ["service", "wait", "max_stale", "key_file"]);
         assert_eq!(keys("{address: 'ftp://x', token: a, token_file: b, tags: ['']}"), ["tags[0]", "address", "token_file"]);
         assert!(keys("{stale: true, max_stale: 5, wait: 600}").is_empty());
-    }
-
-    #[test]
-    fn relative_paths_are_taken_from_the_config_file() {
-        let mut d = parse("{ca_file: ca.pem, token_file: /abs/token}").unwrap();
-        d.resolve_paths(Path::new("/etc/myelin/myelin.yaml"));
-        assert_eq!(d.ca_file.as_deref(), Some(Path::new("/etc/myelin/ca.pem")));
-        assert_eq!(d.token_file.as_deref(), Some(Path::new("/abs/token")));
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::payload::{self, Selection};
-use crate::settings::{ConsulDiscovery, Endpoint, Env, TokenFrom};
+use crate::settings::{ConsulConfig, Endpoint, Env, TokenFrom};
 
 /// Requests start at least this far apart, whatever the index does (Consul asks clients of
 /// blocking queries to rate-limit).
@@ -58,7 +58,7 @@ pub struct Query {
 impl Query {
     /// A query of `path` (segments, escaped here) with `params`. Reads the token file and the
     /// TLS files now, so a new connection picks up rotated ones.
-    pub async fn connect(ep: &Endpoint, path: &[&str], params: Vec<(String, String)>, settings: &ConsulDiscovery, origin: String) -> Result<Self, SourceError> {
+    pub async fn connect(ep: &Endpoint, path: &[&str], params: Vec<(String, String)>, settings: &ConsulConfig, origin: String) -> Result<Self, SourceError> {
         let failed = |what: String| SourceError::failed(origin.clone(), what);
         let mut headers = HeaderMap::new();
         let token_from = match &ep.token {
@@ -231,12 +231,12 @@ impl LastProblem {
 #[derive(Debug, Clone)]
 pub struct ConsulSource {
     service: String,
-    settings: Arc<ConsulDiscovery>,
+    settings: Arc<ConsulConfig>,
     last_problem: LastProblem,
 }
 
 impl ConsulSource {
-    pub fn new(service: String, settings: Arc<ConsulDiscovery>) -> Self {
+    pub fn new(service: String, settings: Arc<ConsulConfig>) -> Self {
         Self { service, settings, last_problem: LastProblem::default() }
     }
 
