@@ -25,7 +25,7 @@ struct Watch(mpsc::UnboundedReceiver<Result<Update, SourceError>>);
 
 /// The opener of the only partition (the source keeps what it reported across openings).
 fn opener(d: &ConsulConfig) -> impl Fn() -> Watch {
-    let cx = Context { service: ServiceName::parse("web").unwrap() };
+    let cx = Context { service: ServiceName::parse("web").unwrap(), config_file: "/etc/myelin/myelin.yaml".into() };
     let p = d.partitions(&cx).pop().unwrap();
     move || {
         let mut s: UpdateStream = (p.open)();
@@ -88,9 +88,9 @@ async fn instances_follow_registrations_and_checks() {
     // Tags, warning admitted with the warning weight, datacenter passed through.
     let mut d = settings(&c, "{tags: [blue], only_passing: false, datacenter: dc1, filter: 'Service.Port > 1'}");
     d.service = Some("web".into());
-    let mut s = opener(&d)();
     c.register_json(&serde_json::json!({"ID": "web-1", "Name": "web", "Tags": ["blue"], "Address": "127.0.0.1", "Port": 9001,
         "Weights": {"Passing": 7, "Warning": 2}, "Meta": {"az": "a"}, "Check": {"TTL": "30s", "Status": "warning"}}));
+    let mut s = opener(&d)();
     let Some(Ok(Update::Reset(all))) = next(&mut s, short).await else { panic!() };
     assert_eq!(all.len(), 1);
     assert_eq!((all[0].weight.as_deref(), all[0].labels.get("az").map(String::as_str)), (Some("2"), Some("a")));
@@ -204,4 +204,29 @@ async fn stale_answers_older_than_max_stale_are_asked_of_the_leader() {
     let mut s = opener(&settings(&c, "{stale: true, max_stale: 2}"))();
     assert_eq!(reset(&mut s, Duration::from_secs(3)).await, ["9001"]);
     assert!(c.reads().last().unwrap().contains("stale"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_stream_follows_tagged_services() {
+    use myelin_watch_consul::CatalogSource;
+    let c = Consul::start(100);
+    c.register("api-1", "api", 9101, &["myelin", "myelin-port=8101"], "passing");
+    c.register("db-1", "db", 9102, &["other"], "passing");
+    let src = CatalogSource::new(settings(&c, "{wait: 10}"), "myelin");
+    let mut s = src.open();
+    let names = |cat: myelin_watch_consul::catalog::Catalog| cat.keys().cloned().collect::<Vec<_>>();
+    let within = Duration::from_secs(3);
+    let first = tokio::time::timeout(within, s.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first["api"], ["myelin", "myelin-port=8101"]);
+    assert_eq!(names(first), ["api"]);
+    // Instances of an untagged service and health changes move the index, not the set.
+    c.register("web-1", "web", 9103, &["myelin", "myelin-port=8103"], "critical");
+    assert_eq!(names(tokio::time::timeout(within, s.next()).await.unwrap().unwrap().unwrap()), ["api", "web"]);
+    c.check("web-1", "pass");
+    c.deregister("api-1");
+    assert_eq!(names(tokio::time::timeout(within, s.next()).await.unwrap().unwrap().unwrap()), ["web"]);
+    c.set_fault(Fault::Error500);
+    let e = tokio::time::timeout(within, s.next()).await.unwrap().unwrap().unwrap_err();
+    assert!(e.report().contains("services tagged \"myelin\"") && e.report().contains("No cluster leader"), "{}", e.report());
+    assert!(s.next().await.is_none());
 }

@@ -27,4 +27,5 @@ mod source;
 
 pub use myelin_core::Discovered;
 pub use settings::{ConsulConfig, Endpoint, Env, Token, TokenFrom, DEFAULT_ADDRESS, DEFAULT_WAIT};
+pub use catalog::{CatalogSource, DEFAULT_PORT_TAG};
 pub use source::{ConsulSource, Query};
