@@ -39,6 +39,7 @@ test: test-deps docker-engine
 bench: docker-engine
 	$(CARGO) build -p myelin
 	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep -o 'BENCH.*' || status=$$?; \
+	$(CARGO) run -q -p myelin-integration --bin consul-bench || status=$$?; \
 	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; exit $$status
 
 test-deps:
