@@ -4,7 +4,12 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::error::{with_hint, ConfigError};
+use std::collections::BTreeMap;
+
+use myelin_watch_consul::catalog::Catalog;
+
+use crate::error::{with_hint, ConfigError, Notice};
+use crate::tagged::tagged_services;
 use crate::interpolate::interpolate;
 use crate::schema::{Config, ServiceConfig};
 use crate::validate::{validate, Loaded};
@@ -19,6 +24,19 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
 
 /// As [`load`], with the file's text given (`path` names it in messages and anchors relative paths).
 pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
+    load_str_with(path, text, None)
+}
+
+/// As [`load`], with the services `consul_services` makes of `catalog` (the tagged Consul
+/// services, see [`crate::tagged_services`]) added; those it leaves out become notices.
+pub fn load_with(path: &Path, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError { file: path.into(), line: None, column: None, path: String::new(), message: format!("cannot read: {e}") }]
+    })?;
+    load_str_with(path, &text, catalog)
+}
+
+pub(crate) fn load_str_with(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
     let (mut config, text) = parse::<Config>(path, text).map_err(|e| vec![e])?;
     let mut sources = vec![(path.to_path_buf(), text)];
     if let Some(dir) = &config.service_conf_dir {
@@ -37,7 +55,17 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
             sources.push((file, text));
         }
     }
-    validate(path, config, &sources)
+    let mut skipped = BTreeMap::new();
+    if let (Some(t), Some(catalog)) = (&config.consul_services, catalog) {
+        let (made, left_out) = tagged_services(t, catalog, &config.services);
+        config.services.extend(made);
+        skipped = left_out;
+    }
+    let mut loaded = validate(path, config, &sources)?;
+    for (name, why) in skipped {
+        loaded.notices.push(Notice { file: path.into(), line: None, path: "consul_services".into(), message: format!("Consul service {name:?} is not routed: {why}") });
+    }
+    Ok(loaded)
 }
 
 /// A path from the config, taken relative to the config file's directory.

@@ -76,6 +76,8 @@ pub struct Loaded {
     pub admin: Option<SocketAddr>,
     /// Translations made and keys not supported yet: to be shown as warnings.
     pub notices: Vec<Notice>,
+    /// `consul_services`: the template of the services made from tagged Consul services.
+    pub consul_services: Option<crate::tagged::ConsulServicesConfig>,
 }
 
 impl Loaded {
@@ -235,6 +237,23 @@ pub(crate) fn validate(file: &Path, config: Config, sources: &[(PathBuf, String)
     if config.file_output.as_ref().is_some_and(|f| f.output_directory.as_os_str().is_empty()) {
         cx.error("file_output.output_directory", "output_directory", "must not be empty");
     }
+    if let Some(t) = &config.consul_services {
+        if t.tag.trim().is_empty() {
+            cx.error("consul_services.tag", "tag", "must not be empty");
+        }
+        if t.port_tag.is_empty() {
+            cx.error("consul_services.port_tag", "port_tag", "must not be empty");
+        }
+        if t.discovery.service.is_some() {
+            cx.error("consul_services.discovery.service", "service", "each service's own name is used: leave `service` out");
+        }
+        if t.haproxy.0.port.is_some() {
+            cx.error("consul_services.haproxy.port", "port", "the port comes from each service's port tag: leave `port` out");
+        }
+        for problem in myelin_source::SourceConfig::check(&t.discovery) {
+            cx.error(format!("consul_services.discovery.{}", problem.key), &problem.key, problem.message);
+        }
+    }
     let admin = config.admin.as_ref().and_then(|a| match admin_bind(&a.bind) {
         Ok(addr) => Some(addr),
         Err(e) => {
@@ -244,7 +263,8 @@ pub(crate) fn validate(file: &Path, config: Config, sources: &[(PathBuf, String)
     });
 
     if cx.errors.is_empty() {
-        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices })
+        let consul_services = config.consul_services.clone();
+        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices, consul_services })
     } else {
         Err(cx.errors)
     }

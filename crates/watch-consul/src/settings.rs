@@ -113,11 +113,10 @@ fn yes() -> bool {
     true
 }
 
-impl ConsulConfig {
-    /// Settings with every default (for tests and templates).
-    pub fn with_service(service: impl Into<String>) -> Self {
+impl Default for ConsulConfig {
+    fn default() -> Self {
         Self {
-            service: Some(service.into()),
+            service: None,
             tags: vec![],
             tag: None,
             datacenter: None,
@@ -137,7 +136,9 @@ impl ConsulConfig {
             label_filters: vec![],
         }
     }
+}
 
+impl ConsulConfig {
     /// The blocking queries' `wait`.
     pub fn wait(&self) -> Duration {
         self.wait.map_or(Duration::from_secs_f64(DEFAULT_WAIT), Seconds::duration)
