@@ -195,3 +195,54 @@ fn tags_and_only_passing_false_with_warning_weights() {
     r.consul.check("web-2", "fail");
     r.wait_serves(&[&b1], "critical is never routed");
 }
+
+#[test]
+fn services_by_tag_get_their_frontend_without_a_config_change() {
+    let consul = Consul::start(100);
+    let web = Backend::start("web-1");
+    let api = Backend::start("api-1");
+    let billing = Backend::start("billing-1");
+    let (api_port, billing_port) = (free_port(), free_port());
+    register(&consul, &web, "passing");
+    consul.register("api-1", "api", api.port, &["myelin", &format!("myelin-port={api_port}")], "passing");
+    consul.register("other-1", "other", api.port, &["not-this-tag", "myelin-port=1"], "passing");
+    let env = Env::new();
+    let admin = free_port();
+    let disc = format!("      method: consul\n      address: {}\n      wait: 5\n", consul.address());
+    let extra = format!(
+        "{}admin: {{bind: {admin}}}\nconsul_services:\n  tag: myelin\n  discovery: {{address: '{}', wait: 5}}\n  haproxy: {{bind_address: 127.0.0.1, server_options: check inter 500ms}}\n",
+        env.runtime_extra(),
+        consul.address()
+    );
+    let cfg = env.write_config_with(&disc, "", &extra);
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap();
+    let _haproxy = env.start_haproxy(&cfg).unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    let serves = |port: u16, who: &Backend| answers(port, 3) == set(&[who]);
+    assert!(wait_for(Duration::from_secs(10), || serves(env.frontend_port, &web)).is_some(), "{}", myelin.log());
+    assert!(wait_for(Duration::from_secs(10), || serves(api_port, &api)).is_some(), "api: {}", myelin.log());
+
+    // A new tagged service: its own frontend, the config file untouched.
+    consul.register("billing-1", "billing", billing.port, &["myelin", &format!("myelin-port={billing_port}")], "passing");
+    let took = wait_for(Duration::from_secs(10), || serves(billing_port, &billing));
+    assert!(took.is_some(), "billing: {}", myelin.log());
+    eprintln!("new tagged service served after {took:?}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), cfg_text);
+    let (_, body) = get(admin, "/status").unwrap();
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert!(status["services"]["billing"].is_object(), "{status}");
+    assert!(status["services"].get("other").is_none(), "{status}");
+
+    // Its instances follow Consul like any service's.
+    let billing2 = Backend::start("billing-2");
+    consul.register("billing-2", "billing", billing2.port, &["myelin", &format!("myelin-port={billing_port}")], "passing");
+    assert!(wait_for(SOON, || answers(billing_port, 6) == set(&[&billing, &billing2])).is_some(), "{}", myelin.log());
+
+    // Gone from Consul: its frontend goes, the others stay.
+    consul.deregister("billing-1");
+    consul.deregister("billing-2");
+    let gone = wait_for(Duration::from_secs(10), || get(billing_port, "/").is_err());
+    assert!(gone.is_some(), "billing still answers: {:?}\n{}", get(billing_port, "/"), myelin.log());
+    assert!(!std::fs::read_to_string(env.haproxy_cfg()).unwrap().contains("billing"));
+    assert!(serves(api_port, &api) && serves(env.frontend_port, &web));
+}
