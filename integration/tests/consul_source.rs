@@ -230,3 +230,67 @@ async fn the_catalog_stream_follows_tagged_services() {
     assert!(e.report().contains("services tagged \"myelin\"") && e.report().contains("No cluster leader"), "{}", e.report());
     assert!(s.next().await.is_none());
 }
+
+/// Kills the child when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// HTTPS with a private CA, a server name that is not the address, and a client certificate:
+/// real HAProxy terminates TLS (and requires the client certificate) in front of the double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_a_server_name_and_a_client_certificate() {
+    let c = Consul::start(100);
+    c.register("web-1", "web", 9001, &[], "passing");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=myelin test consul CA", "-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    std::fs::write(d.join("server.ext"), "subjectAltName=DNS:consul.test\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (who, cn) in [("server", "consul.test"), ("client", "myelin")] {
+        openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout", &format!("{who}-key.pem"), "-out", &format!("{who}.csr")]);
+        openssl(d, &["x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-days", "2", "-extfile", &format!("{who}.ext"), "-out", &format!("{who}-cert.pem")]);
+    }
+    let pem = std::fs::read_to_string(d.join("server-cert.pem")).unwrap() + &std::fs::read_to_string(d.join("server-key.pem")).unwrap();
+    std::fs::write(d.join("server.pem"), pem).unwrap();
+    let port = myelin_integration::free_port();
+    let cfg = format!(
+        "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend tls\n  bind 127.0.0.1:{port} ssl crt {dir}/server.pem ca-file {dir}/ca.pem verify required\n  default_backend double\n\
+         backend double\n  server d 127.0.0.1:{double}\n",
+        dir = d.display(),
+        double = c.port
+    );
+    std::fs::write(d.join("haproxy.cfg"), cfg).unwrap();
+    let _haproxy = Child(std::process::Command::new("haproxy").args(["-db", "-f"]).arg(d.join("haproxy.cfg")).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap());
+    assert!(myelin_integration::wait_for(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).is_some());
+
+    let yaml = |extra: &str| format!("{{address: 'https://127.0.0.1:{port}', ca_file: {dir}/ca.pem, {extra}}}", dir = d.display());
+    let full = format!("cert_file: {0}/client-cert.pem, key_file: {0}/client-key.pem", d.display());
+    let within = Duration::from_secs(5);
+    // Everything right: the instances.
+    let mut s = opener(&settings(&c, &yaml(&format!("{full}, server_name: consul.test"))))();
+    assert_eq!(reset(&mut s, within).await, ["9001"]);
+    // The certificate does not name 127.0.0.1: refused without `server_name`.
+    let mut s = opener(&settings(&c, &yaml(&full)))();
+    let Some(Err(e)) = next(&mut s, within).await else { panic!() };
+    assert!(e.report().contains("unreachable") && e.report().to_lowercase().contains("certificate"), "{}", e.report());
+    // No client certificate: the server ends the handshake.
+    let mut s = opener(&settings(&c, &yaml("server_name: consul.test")))();
+    let Some(Err(e)) = next(&mut s, within).await else { panic!() };
+    assert!(e.report().contains("unreachable"), "{}", e.report());
+    // A CA file that holds no certificate.
+    let mut s = opener(&settings(&c, &format!("{{address: 'https://127.0.0.1:{port}', ca_file: {}/server.ext}}", d.display())))();
+    let Some(Err(e)) = next(&mut s, within).await else { panic!() };
+    assert!(e.report().contains("server.ext"), "{}", e.report());
+}

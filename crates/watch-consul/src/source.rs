@@ -83,7 +83,12 @@ impl Query {
         let mut url = ep.base.clone();
         if let Some(ca) = &ep.ca_file {
             let pem = tokio::fs::read(ca).await.map_err(|e| SourceError::failed_with(origin.clone(), format!("cannot read {}", ca.display()), e))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::failed_with(origin.clone(), format!("no CA certificate in {}", ca.display()), e))? {
+            let no_ca = || format!("no CA certificate in {}", ca.display());
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::failed_with(origin.clone(), no_ca(), e))?;
+            if certs.is_empty() {
+                return Err(failed(no_ca()));
+            }
+            for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
