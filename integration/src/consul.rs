@@ -22,7 +22,8 @@
 //!   waits until the index moves or `wait` (`10s`, `500ms`, `1m`; default 5 minutes, at most
 //!   10) expires. No jitter is added (Consul adds up to wait/16). With `stale`, the answer
 //!   carries `X-Consul-LastContact` (set by the test). A lowered index ([`Consul::restore`])
-//!   wakes every blocked query, as a snapshot restore does in Consul.
+//!   wakes every blocked query, as a snapshot restore does in Consul; [`Consul::restart`]
+//!   closes every connection and comes back on the same port with a lower index.
 //! - ACLs: with a token set, a request whose `X-Consul-Token` differs gets 403 `ACL not found`.
 //! - Faults for the tests ([`Fault`]), on reads only (the agent endpoints are local to an
 //!   agent and keep working): 500 `No cluster leader`, hanging without an answer, resetting the
@@ -96,7 +97,10 @@ pub struct Consul {
 impl Consul {
     /// Start on a free port of 127.0.0.1 with the index at `index`.
     pub fn start(index: u64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), index)
+    }
+
+    fn serve_on(listener: TcpListener, index: u64) -> Self {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
@@ -127,6 +131,33 @@ impl Consul {
             }
         });
         Self { port, shared }
+    }
+
+    /// Stop, and start again on the same port with the same registrations and the index at
+    /// `index`: open connections are closed without an answer, as when a Consul agent restarts
+    /// (here with a lower index, as after a cluster was rebuilt from a snapshot).
+    pub fn restart(self, index: u64) -> Self {
+        let port = self.port;
+        let (services, checks, token) = self.with(|st| (st.services.clone(), st.checks.clone(), st.token.clone()));
+        drop(self);
+        let t0 = Instant::now();
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if t0.elapsed() < Duration::from_secs(5) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot bind 127.0.0.1:{port} again: {e}"),
+            }
+        };
+        let c = Self::serve_on(listener, index);
+        c.with(|st| {
+            st.services = services;
+            st.checks = checks;
+            st.token = token;
+        });
+        c
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -264,6 +295,10 @@ fn serve(mut conn: TcpStream, s: &Shared) {
             }
         }
         let (status, headers, body) = answer(&req, s, if is_read { fault } else { Fault::None });
+        if s.stop.load(Ordering::Relaxed) {
+            // Stopped (or restarting) while the request waited: the connection just closes.
+            return;
+        }
         let reason = match status {
             200 => "OK",
             403 => "Forbidden",

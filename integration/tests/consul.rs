@@ -105,14 +105,27 @@ fn a_lower_index_after_a_restart_of_consul_converges() {
     register(&consul, &b1, "passing");
     // A long wait: if the watcher kept asking with the old, higher index, the next change
     // would show only when that wait expires.
-    let r = Running::start(consul, "      wait: 30\n", &[]);
+    let mut r = Running::start(consul, "      wait: 30\n", &[]);
     r.wait_serves(&[&b1], "at start");
+    // The index drops under the blocked query (Consul answers it, as after a snapshot
+    // restore): the watcher asks again from 0, then blocks from the new index.
     std::thread::sleep(Duration::from_millis(300));
     r.consul.restore(7);
     std::thread::sleep(Duration::from_millis(300));
     register(&r.consul, &b2, "passing");
     r.wait_serves(&[&b1, &b2], "after the index went backwards");
     assert!(r.consul.reads().iter().any(|q| q.contains("index=8&")), "{:?}", r.consul.reads());
+
+    // Consul restarts with a lower index still: the blocked query's connection closes, the
+    // watcher reconnects from 0 and follows the new index.
+    let b3 = Backend::start("web-3");
+    let old = std::mem::replace(&mut r.consul, Consul::start(1));
+    r.consul = old.restart(3);
+    std::thread::sleep(Duration::from_millis(300));
+    register(&r.consul, &b3, "passing");
+    r.wait_serves(&[&b1, &b2, &b3], "after a restart with a lower index");
+    assert!(r.consul.reads().iter().any(|q| q.contains("index=4&")), "{:?}", r.consul.reads());
+    assert!(r.serves(&[&b1, &b2, &b3]));
 }
 
 #[test]
