@@ -20,7 +20,8 @@ pub struct Snapshot {
     pub haproxy: HaproxyStatus,
     /// Synapse's `file_output`, when configured.
     pub file_output: Option<FileOutputStatus>,
-    pub services: BTreeMap<String, ServiceStatus>,
+    /// Shared with the daemon: a snapshot re-uses the entries of services that did not change.
+    pub services: BTreeMap<String, std::sync::Arc<ServiceStatus>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -225,7 +226,7 @@ mod tests {
         let mut services = BTreeMap::new();
         services.insert(
             "web".to_owned(),
-            ServiceStatus {
+            std::sync::Arc::new(ServiceStatus {
                 method: "file".into(),
                 watcher: WatcherState::Synced,
                 synced: true,
@@ -235,11 +236,11 @@ mod tests {
                 last_apply: Some(Outcome { at: timestamp(t0), outcome: "installed".into(), error: None }),
                 rejected: 2,
                 reconnects: 0,
-            },
+            }),
         );
         services.insert(
             "api".to_owned(),
-            ServiceStatus {
+            std::sync::Arc::new(ServiceStatus {
                 method: "docker".into(),
                 watcher: WatcherState::Disconnected,
                 synced: false,
@@ -249,7 +250,7 @@ mod tests {
                 last_apply: None,
                 rejected: 0,
                 reconnects: 3,
-            },
+            }),
         );
         Snapshot {
             version: "0.1.0".into(),

@@ -1,7 +1,7 @@
 //! What HAProxy reports about its servers (`show servers state`, `show stat`), and how it
 //! differs from what it should run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use myelin_core::{BackendName, DesiredState, ServerName};
 
@@ -67,16 +67,19 @@ pub fn parse_stat_sessions(csv: &str) -> Result<BTreeMap<(String, String), u64>,
 
 /// Differences between what HAProxy runs and `applied` (servers being drained excepted): a
 /// description of each, empty when they agree. Only membership, address, port and weight are
-/// compared; an operator's maintenance or drain is not undone.
-pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &[(BackendName, ServerName)]) -> Vec<String> {
+/// compared; an operator's maintenance or drain is not undone. `observed` is indexed by backend
+/// once, so the cost is linear in the fleet.
+pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &BTreeSet<(BackendName, ServerName)>) -> Vec<String> {
+    let mut by_backend: BTreeMap<&str, BTreeMap<&str, &ServerState>> = BTreeMap::new();
+    for o in observed {
+        by_backend.entry(o.backend.as_str()).or_default().insert(o.name.as_str(), o);
+    }
+    let is_draining = |be: &BackendName, name: &str| ServerName::parse(name).is_ok_and(|n| draining.contains(&(be.clone(), n)));
     let mut out = Vec::new();
+    let empty = BTreeMap::new();
     for svc in applied.services.values() {
         let be = svc.shape.backend_name.as_str();
-        let seen: BTreeMap<&str, &ServerState> = observed
-            .iter()
-            .filter(|o| o.backend == be && !draining.iter().any(|(b, n)| b.as_str() == be && n.as_str() == o.name))
-            .map(|o| (o.name.as_str(), o))
-            .collect();
+        let seen = by_backend.get(be).unwrap_or(&empty);
         for (name, s) in &svc.servers {
             match seen.get(name.as_str()) {
                 None => out.push(format!("{be}/{name} is missing")),
@@ -91,7 +94,7 @@ pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &[(Back
             }
         }
         for name in seen.keys() {
-            if !svc.servers.keys().any(|k| k.as_str() == *name) {
+            if !svc.servers.keys().any(|k| k.as_str() == *name) && !is_draining(&svc.shape.backend_name, name) {
                 out.push(format!("{be}/{name} should not be there"));
             }
         }
