@@ -114,7 +114,8 @@ fn a_lower_index_after_a_restart_of_consul_converges() {
     std::thread::sleep(Duration::from_millis(300));
     register(&r.consul, &b2, "passing");
     r.wait_serves(&[&b1, &b2], "after the index went backwards");
-    assert!(r.consul.reads().iter().any(|q| q.contains("index=8&")), "{:?}", r.consul.reads());
+    let blocking = wait_for(SOON, || r.consul.reads().iter().any(|q| q.contains("index=8&")));
+    assert!(blocking.is_some(), "{:?}", r.consul.reads());
 
     // Consul restarts with a lower index still: the blocked query's connection closes, the
     // watcher reconnects from 0 and follows the new index.
@@ -124,7 +125,8 @@ fn a_lower_index_after_a_restart_of_consul_converges() {
     std::thread::sleep(Duration::from_millis(300));
     register(&r.consul, &b3, "passing");
     r.wait_serves(&[&b1, &b2, &b3], "after a restart with a lower index");
-    assert!(r.consul.reads().iter().any(|q| q.contains("index=4&")), "{:?}", r.consul.reads());
+    let blocking = wait_for(SOON, || r.consul.reads().iter().any(|q| q.contains("index=4&")));
+    assert!(blocking.is_some(), "{:?}", r.consul.reads());
     assert!(r.serves(&[&b1, &b2, &b3]));
 }
 
@@ -257,5 +259,16 @@ fn services_by_tag_get_their_frontend_without_a_config_change() {
     let gone = wait_for(Duration::from_secs(10), || get(billing_port, "/").is_err());
     assert!(gone.is_some(), "billing still answers: {:?}\n{}", get(billing_port, "/"), myelin.log());
     assert!(!std::fs::read_to_string(env.haproxy_cfg()).unwrap().contains("billing"));
+    assert!(serves(api_port, &api) && serves(env.frontend_port, &web));
+
+    // myelin restarts: it waits for the catalog before its first apply, so the tagged
+    // service's frontend is not dropped and HAProxy is not reloaded.
+    let mut myelin = myelin;
+    myelin.signal("TERM");
+    assert!(myelin.wait_exit(Duration::from_secs(10)).is_some());
+    let reloads = env.reloads().unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.reloads().unwrap(), reloads, "{}", myelin.log());
     assert!(serves(api_port, &api) && serves(env.frontend_port, &web));
 }
