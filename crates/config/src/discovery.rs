@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use myelin_source::{Context, LabelFilter, Number, Partition, Seconds, SettingsProblem, SourceConfig, StaticConfig};
+use myelin_watch_consul::ConsulConfig;
 use myelin_watch_docker::DockerConfig;
 use myelin_watch_file::FileConfig;
 use serde::Deserialize;
@@ -28,8 +29,9 @@ pub enum Discovery {
     Zookeeper(ZookeeperDiscovery),
     #[serde(deserialize_with = "with_path")]
     Etcd(EtcdDiscovery),
+    /// The healthy instances of a Consul service (blocking queries).
     #[serde(deserialize_with = "with_path")]
-    Consul(ConsulDiscovery),
+    Consul(ConsulConfig),
 }
 
 /// Marks the key path below `discovery` at the front of an error message:
@@ -127,17 +129,3 @@ pub struct EtcdDiscovery {
     pub label_filters: Vec<LabelFilter>,
 }
 not_supported_yet!(EtcdDiscovery, "etcd");
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsulDiscovery {
-    /// The service's name in Consul (default: the myelin service name).
-    pub service: Option<String>,
-    /// Consul's HTTP address (default `http://127.0.0.1:8500`).
-    pub address: Option<String>,
-    pub tag: Option<String>,
-    pub datacenter: Option<String>,
-    #[serde(default)]
-    pub label_filters: Vec<LabelFilter>,
-}
-not_supported_yet!(ConsulDiscovery, "consul");

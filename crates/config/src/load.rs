@@ -1,13 +1,16 @@
 //! Reading a config file (and `service_conf_dir`) into a [`Loaded`] configuration.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use myelin_watch_consul::catalog::Catalog;
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 
-use crate::error::{with_hint, ConfigError};
+use crate::error::{with_hint, ConfigError, Notice};
 use crate::interpolate::interpolate;
+use crate::tagged::tagged_services;
 use crate::position::{FileIndex, KeyPath, Positions};
 use crate::schema::{Config, ServiceConfig};
 use crate::validate::{validate, Loaded};
@@ -42,10 +45,21 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
 
 /// As [`load`], with the file's text given (`path` names it in messages and anchors relative paths).
 pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
-    load_all(path, text).map_err(cap)
+    load_str_with(path, text, None)
 }
 
-fn load_all(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
+/// As [`load`], with the services `consul_services` makes of `catalog` (the tagged Consul
+/// services, see [`crate::tagged_services`]) added; those it leaves out become notices.
+pub fn load_with(path: &Path, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
+    let text = read_bounded(path).map_err(|e| vec![e])?;
+    load_str_with(path, &text, catalog)
+}
+
+pub(crate) fn load_str_with(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
+    load_all(path, text, catalog).map_err(cap)
+}
+
+fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
     let (mut config, index) = parse::<Config>(path, KeyPath::root(), text)?;
     let mut files = vec![index];
     if let Some(dir) = &config.service_conf_dir {
@@ -67,7 +81,17 @@ fn load_all(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
             files.push(index);
         }
     }
-    validate(path, config, Positions::new(files))
+    let mut skipped = BTreeMap::new();
+    if let (Some(t), Some(catalog)) = (&config.consul_services, catalog) {
+        let (made, left_out) = tagged_services(t, catalog, &config.services);
+        config.services.extend(made);
+        skipped = left_out;
+    }
+    let mut loaded = validate(path, config, Positions::new(files))?;
+    for (name, why) in skipped {
+        loaded.notices.push(Notice { file: path.into(), line: None, path: "consul_services".into(), message: format!("Consul service {name:?} is not routed: {why}") });
+    }
+    Ok(loaded)
 }
 
 /// Keep the first [`MAX_ERRORS`] errors, and say how many more there were.

@@ -581,3 +581,24 @@ proptest::proptest! {
         let _ = load_str(Path::new("/etc/myelin/test.yaml"), &text);
     }
 }
+
+#[test]
+fn consul_discovery_keys_aliases_and_checks() {
+    let l = ok(&format!(
+        "services:
+  web:
+    discovery: {{method: consul, tag: v2, dc: eu1, only_passing: false, token: s3cret, stale: true, max_stale: 5, tagged_address: wan}}
+    haproxy: {{port: 8080}}
+{MIN}"
+    ));
+    let name = myelin_core::ServiceName::parse("web").unwrap();
+    let d = &l.services[&name].discovery;
+    assert!(d.supported() && d.method() == "consul");
+    let Discovery::Consul(c) = d else { panic!() };
+    assert_eq!((c.selection().tags, c.datacenter.as_deref()), (vec!["v2".to_owned()], Some("eu1")));
+    assert!(!format!("{l:?}").contains("s3cret"));
+    let e = err(&format!("services:\n  web:\n    discovery: {{method: consul, servce: web}}\n{MIN}"));
+    assert!(e.contains("servce") && e.contains("service"), "{e}");
+    let e = err(&format!("services:\n  web:\n    discovery: {{method: consul, wait: 0.5, max_stale: 1}}\n{MIN}"));
+    assert!(e.contains("services.web.discovery.wait") && e.contains("services.web.discovery.max_stale"), "{e}");
+}

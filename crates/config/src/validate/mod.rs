@@ -86,6 +86,8 @@ pub struct Loaded {
     pub admin: Option<SocketAddr>,
     /// Translations made and keys not supported yet: to be shown as warnings.
     pub notices: Vec<Notice>,
+    /// `consul_services`: the template of the services made from tagged Consul services.
+    pub consul_services: Option<crate::tagged::ConsulServicesConfig>,
 }
 
 impl Loaded {
@@ -109,9 +111,11 @@ pub(crate) fn validate(file: &Path, config: Config, positions: Positions) -> Res
     admin::statsd(&mut cx, &config);
     let file_output = admin::file_output(&mut cx, file, &config);
     let admin = admin::admin(&mut cx, &config);
+    discovery::consul_services(&mut cx, &config);
 
     if cx.errors.is_empty() {
-        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices })
+        let consul_services = config.consul_services.clone();
+        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices, consul_services })
     } else {
         Err(cx.errors)
     }
