@@ -9,6 +9,10 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
+# --- ZooKeeper tests (integration/zookeeper.sh): Debian's server, which brings a Java runtime
+# (default-jre) and slf4j-simple (its log). The `zookeeper` package starts no service.
+[ -f /usr/share/java/zookeeper.jar ] && [ -f /usr/share/java/slf4j-simple.jar ] && command -v java >/dev/null || need+=(zookeeper)
+# --- end ZooKeeper
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,339 @@
+//! One opening: connect (a new session), read the path's children and the data of each, yield
+//! a `Reset`, then follow (child watches) or poll. A lost connection or an expired session ends
+//! the stream; the supervisor opens a new one, whose first update is a complete `Reset` again.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use myelin_core::{Discovered, Update};
+use myelin_source::{Cause, SourceError, UpdateStream};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use zookeeper_client::{Client, EventType, OneshotWatcher, SessionState, StateWatcher};
+
+use crate::payload::{changes, decode, Format, Instance, Members};
+
+/// The session timeout asked of ZooKeeper. The watcher holds no ephemeral nodes, so this only
+/// bounds how long a silent connection is trusted (the client gives up on one after 2/5 of it).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one opening waits for a session before it reports ZooKeeper unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Node reads in flight at once when many children appear together (e.g. the first listing).
+const READS_IN_FLIGHT: usize = 128;
+
+/// How a source follows the path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Child watches: every change is followed as it happens. After a change, the next listing
+    /// waits until `jitter` has passed since the previous one (Synapse's `discovery_jitter`),
+    /// which coalesces bursts.
+    Watch { jitter: Option<Duration> },
+    /// No watches: the children are listed every `interval` (Synapse's `zookeeper_poll`).
+    Poll { interval: Duration },
+}
+
+/// What one source reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The client's connect string: `host:port,host:port[/chroot]`.
+    pub connect: String,
+    /// The registration path (below the chroot).
+    pub path: String,
+    pub format: Format,
+    pub mode: Mode,
+}
+
+/// The source of one service. Each [`open`](Self::open) is one session; the source remembers
+/// across openings what it last reported, so a ZooKeeper that stays down is reported once, not
+/// at every retry.
+#[derive(Debug, Clone)]
+pub struct ZookeeperSource {
+    settings: Arc<Settings>,
+    last_problem: Arc<Mutex<Option<String>>>,
+}
+
+impl ZookeeperSource {
+    pub fn new(settings: Settings) -> Self {
+        Self { settings: Arc::new(settings), last_problem: Arc::default() }
+    }
+
+    /// Where problems come from, as they are reported: `zookeeper <connect string>`.
+    pub fn origin(&self) -> String {
+        format!("zookeeper {}", self.settings.connect)
+    }
+
+    /// A new session's stream: a `Reset`, then updates; it ends when the session or its
+    /// connection is lost. Dropping it closes the session.
+    pub fn open(&self) -> UpdateStream {
+        let (tx, rx) = mpsc::channel(64);
+        let run = Run { s: self.settings.clone(), origin: self.origin(), last_problem: self.last_problem.clone(), members: Members::default(), told: None, path_missing: false, tx };
+        // The session is driven by polling the stream itself: no task to leak.
+        let driver = futures::stream::once(run.run()).filter_map(|()| async { None });
+        Box::pin(futures::stream::select(rx, driver))
+    }
+}
+
+/// Why an opening stops.
+enum Stop {
+    /// The receiver is gone.
+    Closed,
+    /// The session or its connection is lost (or ZooKeeper refused a read): report, then end.
+    Lost(SourceError),
+}
+
+/// The state of one opening.
+struct Run {
+    s: Arc<Settings>,
+    origin: String,
+    last_problem: Arc<Mutex<Option<String>>>,
+    /// The children read so far, with their records.
+    members: Members,
+    /// What the store was told in this opening (`None` before the first `Reset`).
+    told: Option<BTreeMap<String, Discovered>>,
+    /// The path was found missing (and that was logged).
+    path_missing: bool,
+    tx: mpsc::Sender<Result<Update, SourceError>>,
+}
+
+fn lost_state(origin: &str, state: SessionState) -> SourceError {
+    let what = match state {
+        SessionState::Expired => "the session expired",
+        SessionState::AuthFailed => "authentication failed",
+        SessionState::Closed => "the client was closed",
+        _ => "the connection was lost",
+    };
+    SourceError::Unreachable { origin: origin.to_owned(), cause: Cause::msg(what) }
+}
+
+impl Run {
+    async fn run(mut self) {
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, Client::connector().with_session_timeout(SESSION_TIMEOUT).with_fail_eagerly().connect(&self.s.connect)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let e = SourceError::unreachable(self.origin.clone(), e);
+                return self.fail(e).await;
+            }
+            Err(_) => {
+                let e = SourceError::Unreachable { origin: self.origin.clone(), cause: Cause::msg(format!("no session within {CONNECT_TIMEOUT:?}")) };
+                return self.fail(e).await;
+            }
+        };
+        debug!(origin = %self.origin, session = %client.session_id(), timeout_ms = client.session_timeout().as_millis() as u64, "ZooKeeper session established.");
+        let mut state = client.state_watcher();
+        let outcome = match self.s.mode {
+            Mode::Watch { jitter } => self.watch(&client, &mut state, jitter).await,
+            Mode::Poll { interval } => self.poll(&client, &mut state, interval).await,
+        };
+        match outcome {
+            Stop::Closed => {}
+            Stop::Lost(e) => self.fail(e).await,
+        }
+    }
+
+    fn child_path(&self, child: &str) -> String {
+        if self.s.path == "/" {
+            format!("/{child}")
+        } else {
+            format!("{}/{child}", self.s.path)
+        }
+    }
+
+    fn failed(&self, what: &str, e: zookeeper_client::Error) -> Stop {
+        use zookeeper_client::Error as E;
+        Stop::Lost(match e {
+            E::ConnectionLoss | E::SessionExpired | E::Timeout | E::NoHosts | E::ClientClosed | E::SessionMoved => SourceError::unreachable(self.origin.clone(), e),
+            other => SourceError::failed_with(self.origin.clone(), format!("{what} {:?}", self.s.path), other),
+        })
+    }
+
+    /// Follow the path with child watches until the session is lost.
+    async fn watch(&mut self, client: &Client, state: &mut StateWatcher, jitter: Option<Duration>) -> Stop {
+        let mut last_listing: Option<Instant> = None;
+        loop {
+            if let (Some(jitter), Some(at)) = (jitter, last_listing) {
+                let wait = (at + jitter).saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    debug!(origin = %self.origin, wait_ms = wait.as_millis() as u64, "Waiting for discovery_jitter before listing again.");
+                    if let Err(stop) = self.sleep(state, wait).await {
+                        return stop;
+                    }
+                }
+            }
+            last_listing = Some(Instant::now());
+            let watcher = match client.list_and_watch_children(&self.s.path).await {
+                Ok((children, watcher)) => {
+                    if let Err(stop) = self.sync(client, &children).await {
+                        return stop;
+                    }
+                    watcher
+                }
+                Err(zookeeper_client::Error::NoNode) => match client.check_and_watch_stat(&self.s.path).await {
+                    // Created in between: list it.
+                    Ok((Some(_), _)) => continue,
+                    Ok((None, watcher)) => {
+                        if let Err(stop) = self.missing().await {
+                            return stop;
+                        }
+                        watcher
+                    }
+                    Err(e) => return self.failed("watching", e),
+                },
+                Err(e) => return self.failed("listing", e),
+            };
+            // Children changed, or the path was created or deleted: list again.
+            if let Err(stop) = self.wait(state, watcher).await {
+                return stop;
+            }
+        }
+    }
+
+    /// List the path every `interval` until the session is lost. The first wait is a random
+    /// part of the interval, so that many hosts started together spread their reads.
+    async fn poll(&mut self, client: &Client, state: &mut StateWatcher, interval: Duration) -> Stop {
+        let mut wait = interval.mul_f64(rand::random::<f64>());
+        loop {
+            let listed = match client.list_children(&self.s.path).await {
+                Ok(children) => self.sync(client, &children).await,
+                Err(zookeeper_client::Error::NoNode) => self.missing().await,
+                Err(e) => return self.failed("listing", e),
+            };
+            if let Err(stop) = listed {
+                return stop;
+            }
+            if let Err(stop) = self.sleep(state, wait).await {
+                return stop;
+            }
+            wait = interval;
+        }
+    }
+
+    /// Wait for a watch to fire, unless the session is lost first.
+    async fn wait(&self, state: &mut StateWatcher, watcher: OneshotWatcher) -> Result<(), Stop> {
+        let fired = watcher.changed();
+        tokio::pin!(fired);
+        loop {
+            tokio::select! {
+                ev = &mut fired => {
+                    return if ev.event_type == EventType::Session {
+                        Err(Stop::Lost(lost_state(&self.origin, ev.session_state)))
+                    } else {
+                        debug!(origin = %self.origin, event = %ev.event_type, "Watch fired.");
+                        Ok(())
+                    };
+                }
+                s = state.changed() => {
+                    if s != SessionState::SyncConnected {
+                        return Err(Stop::Lost(lost_state(&self.origin, s)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleep, unless the session is lost first.
+    async fn sleep(&self, state: &mut StateWatcher, d: Duration) -> Result<(), Stop> {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Ok(()),
+                s = state.changed() => {
+                    if s != SessionState::SyncConnected {
+                        return Err(Stop::Lost(lost_state(&self.origin, s)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The path lists `children`: forget the ones gone, read the new ones, tell the store.
+    async fn sync(&mut self, client: &Client, children: &[String]) -> Result<(), Stop> {
+        if std::mem::take(&mut self.path_missing) {
+            info!(origin = %self.origin, path = %self.s.path, "The path exists now.");
+        }
+        let new = self.members.retain_listed(children);
+        let started = Instant::now();
+        let reads = new.len();
+        let paths: Vec<(String, String)> = new.into_iter().map(|c| (self.child_path(&c), c)).collect();
+        let mut read: Vec<_> = futures::stream::iter(paths)
+            .map(|(path, child)| async move {
+                let r = client.get_data(&path).await;
+                (child, path, r)
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .collect()
+            .await;
+        read.sort_by(|a, b| a.0.cmp(&b.0));
+        for (child, path, r) in read {
+            match r {
+                Ok((data, _)) => match decode(&self.s.format, &data) {
+                    Ok(Instance::Up(d)) => self.members.insert(child, Some(d)),
+                    Ok(Instance::NotAlive { status }) => {
+                        debug!(origin = %self.origin, node = ?path, status = ?status, "Not routed: the member is not alive.");
+                        self.members.insert(child, None);
+                    }
+                    Err(why) => {
+                        self.members.insert(child, None);
+                        self.send(Err(SourceError::entry(self.origin.clone(), format!("node {path:?}"), why))).await?;
+                    }
+                },
+                // Deleted since it was listed: the next child event says so.
+                Err(zookeeper_client::Error::NoNode) => {}
+                Err(e) => return Err(self.failed("reading a node under", e)),
+            }
+        }
+        if reads > 0 {
+            debug!(origin = %self.origin, children = children.len(), read = reads, elapsed_ms = started.elapsed().as_millis() as u64, "Read new children.");
+        }
+        self.publish().await
+    }
+
+    /// The path does not exist: the service has no backends from here until it is created.
+    async fn missing(&mut self) -> Result<(), Stop> {
+        if !self.path_missing {
+            warn!(origin = %self.origin, path = %self.s.path, "The path does not exist; the service has no instances here until it is created.");
+            self.path_missing = true;
+        }
+        self.members.clear();
+        self.publish().await
+    }
+
+    /// Tell the store what changed since it was last told: a `Reset` first in each opening.
+    async fn publish(&mut self) -> Result<(), Stop> {
+        let now = self.members.records();
+        match self.told.take() {
+            None => {
+                self.send(Ok(Update::Reset(now.values().cloned().collect()))).await?;
+                if self.last_problem.lock().map(|mut p| p.take()).ok().flatten().is_some() {
+                    info!(origin = %self.origin, "ZooKeeper reachable again.");
+                }
+            }
+            Some(old) => {
+                for u in changes(&old, &now) {
+                    self.send(Ok(u)).await?;
+                }
+            }
+        }
+        self.told = Some(now);
+        Ok(())
+    }
+
+    async fn send(&mut self, item: Result<Update, SourceError>) -> Result<(), Stop> {
+        self.tx.send(item).await.map_err(|_| Stop::Closed)
+    }
+
+    /// Report a lost session unless it is what was reported last (a ZooKeeper that stays down
+    /// is reported once), and end the stream.
+    async fn fail(mut self, e: SourceError) {
+        let text = e.report();
+        let fresh = self.last_problem.lock().map(|mut p| p.replace(text.clone()).as_deref() != Some(text.as_str())).unwrap_or(true);
+        if fresh {
+            let _ = self.tx.send(Err(e)).await;
+        } else {
+            debug!("{text}");
+        }
+    }
+}

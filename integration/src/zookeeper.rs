@@ -1,0 +1,248 @@
+//! ZooKeeper for the tests: the suite's shared server (`integration/zookeeper.sh`, started once
+//! per test process, stopped by `make test`), private servers for the tests that stop or wipe
+//! theirs, and a registering client that creates ephemeral nodes as Nerve or a Finagle
+//! announcer does. 127.0.0.1 only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use zookeeper_client::{Acls, Client, CreateMode};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("zookeeper.sh")
+}
+
+fn run_script(verb: &str, dir: &Path, port: Option<u16>) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script()).arg(verb).env("MYELIN_ZK_DIR", dir);
+    if let Some(p) = port {
+        cmd.env("MYELIN_ZK_PORT", p.to_string());
+    }
+    let out = cmd.output().with_context(|| format!("running zookeeper.sh {verb}"))?;
+    if !out.status.success() {
+        bail!("zookeeper.sh {verb} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("MYELIN_ZK_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/myelin-zookeeper"))
+}
+
+static SHARED: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+
+/// The suite's ZooKeeper, started if it is not running: its `127.0.0.1:PORT`. Tests share it
+/// and keep to their own paths (see [`unique_path`]); none of them stops it.
+pub fn shared() -> Result<String> {
+    SHARED
+        .get_or_init(|| {
+            let dir = shared_dir();
+            run_script("start", &dir, None).map_err(|e| format!("{e:#}"))?;
+            let port = std::fs::read_to_string(dir.join("port")).map_err(|e| e.to_string())?;
+            Ok(format!("127.0.0.1:{}", port.trim()))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A path of its own for each test (and each run): `/myelin-test/<name>-<pid>-<nanos>`.
+pub fn unique_path(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    format!("/myelin-test/{name}-{}-{nanos}", std::process::id())
+}
+
+/// A ZooKeeper server of one test's own, in a temporary directory, on a free port: for tests
+/// that stop, restart or wipe it. Stopped and deleted when dropped.
+pub struct PrivateZk {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PrivateZk {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = crate::free_port();
+        run_script("start", &dir.path().join("zk"), Some(port))?;
+        Ok(Self { dir, port })
+    }
+
+    fn zk_dir(&self) -> PathBuf {
+        self.dir.path().join("zk")
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL); its data stays.
+    pub fn kill(&self) -> Result<()> {
+        run_script("kill", &self.zk_dir(), Some(self.port))
+    }
+
+    /// Start it again on the same port, with the data it had (sessions and nodes).
+    pub fn restart(&self) -> Result<()> {
+        run_script("start", &self.zk_dir(), Some(self.port))
+    }
+
+    /// Kill it and start a new, empty server on the same port: every session and node is gone.
+    pub fn wipe(&self) -> Result<()> {
+        self.kill()?;
+        std::fs::remove_dir_all(self.zk_dir().join("data"))?;
+        self.restart()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.zk_dir().join("zookeeper.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateZk {
+    fn drop(&mut self) {
+        let _ = run_script("stop", &self.zk_dir(), Some(self.port));
+    }
+}
+
+/// A registering client (one session), as Nerve is: it creates the registration path, and an
+/// ephemeral sequential node per instance. Synchronous, on a runtime of its own.
+pub struct Registrar {
+    rt: tokio::runtime::Runtime,
+    client: Option<Client>,
+}
+
+impl Registrar {
+    /// A session that is closed when the registrar is dropped (its nodes go at once).
+    pub fn connect(address: &str, session_timeout: Duration) -> Result<Self> {
+        Self::open(address, session_timeout, false)
+    }
+
+    /// A session that survives the registrar being dropped, as when the registering process
+    /// is killed: its nodes go when ZooKeeper expires the session, `session_timeout` later.
+    pub fn connect_detached(address: &str, session_timeout: Duration) -> Result<Self> {
+        Self::open(address, session_timeout, true)
+    }
+
+    fn open(address: &str, session_timeout: Duration, detached: bool) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let mut connector = Client::connector().with_session_timeout(session_timeout);
+        if detached {
+            connector = connector.with_detached();
+        }
+        let client = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), connector.connect(address)).await })
+            .context("connecting to ZooKeeper timed out")?
+            .with_context(|| format!("connecting to ZooKeeper at {address}"))?;
+        Ok(Self { rt, client: Some(client) })
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("registrar is open")
+    }
+
+    /// `mkdir -p` (persistent nodes).
+    pub fn ensure_path(&self, path: &str) -> Result<()> {
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        self.rt.block_on(self.client().mkdir(path, &opts)).with_context(|| format!("mkdir {path}"))
+    }
+
+    /// An ephemeral sequential node `<dir>/<prefix><sequence>` holding `data`; its full path.
+    pub fn register(&self, dir: &str, prefix: &str, data: &str) -> Result<String> {
+        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let base = format!("{dir}/{prefix}");
+        let (_, seq) = self.rt.block_on(self.client().create(&base, data.as_bytes(), &opts)).with_context(|| format!("create {base}"))?;
+        Ok(format!("{base}{seq}"))
+    }
+
+    /// Many registrations at once (pipelined on the session); their paths.
+    pub fn register_many(&self, dir: &str, items: &[(String, String)]) -> Result<Vec<String>> {
+        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let client = self.client();
+        self.rt.block_on(async {
+            let futs = items.iter().map(|(prefix, data)| {
+                let base = format!("{dir}/{prefix}");
+                let opts = &opts;
+                async move {
+                    let (_, seq) = client.create(&base, data.as_bytes(), opts).await.with_context(|| format!("create {base}"))?;
+                    anyhow::Ok(format!("{base}{seq}"))
+                }
+            });
+            let mut out = Vec::with_capacity(items.len());
+            let mut s = futures::stream::iter(futs).buffered(256);
+            while let Some(r) = s.next().await {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// A persistent node holding `data`.
+    pub fn create_persistent(&self, path: &str, data: &str) -> Result<()> {
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        self.rt.block_on(self.client().create(path, data.as_bytes(), &opts)).with_context(|| format!("create {path}"))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.rt.block_on(self.client().delete(path, None)).with_context(|| format!("delete {path}"))
+    }
+
+    /// Delete a path and everything under it (persistent test directories).
+    pub fn delete_tree(&self, path: &str) -> Result<()> {
+        let client = self.client();
+        self.rt.block_on(async {
+            let mut stack = vec![path.to_owned()];
+            let mut order = Vec::new();
+            while let Some(p) = stack.pop() {
+                match client.list_children(&p).await {
+                    Ok(children) => stack.extend(children.into_iter().map(|c| format!("{p}/{c}"))),
+                    Err(zookeeper_client::Error::NoNode) => continue,
+                    Err(e) => return Err(e).with_context(|| format!("list {p}")),
+                }
+                order.push(p);
+            }
+            for p in order.into_iter().rev() {
+                match client.delete(&p, None).await {
+                    Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                    Err(e) => return Err(e).with_context(|| format!("delete {p}")),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn children(&self, path: &str) -> Result<Vec<String>> {
+        self.rt.block_on(self.client().list_children(path)).with_context(|| format!("list {path}"))
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        // Dropping the client closes its session unless it is detached; give the close request
+        // a moment on the runtime before the runtime goes.
+        if let Some(c) = self.client.take() {
+            drop(c);
+            self.rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+        }
+    }
+}
+
+/// What Nerve writes for an instance: `{"host", "port", "name", "weight"?, "labels"?}`.
+pub fn nerve(name: &str, port: u16) -> String {
+    format!(r#"{{"host":"127.0.0.1","port":{port},"name":"{name}","weight":1,"labels":{{"az":"test"}}}}"#)
+}
+
+/// What a Finagle announcer writes for a serverset member, with an `http` additional endpoint.
+pub fn serverset(shard: u32, port: u16, http_port: u16) -> String {
+    format!(
+        r#"{{"serviceEndpoint":{{"host":"127.0.0.1","port":{port}}},"additionalEndpoints":{{"http":{{"host":"127.0.0.1","port":{http_port}}}}},"status":"ALIVE","shard":{shard}}}"#
+    )
+}
+
+/// The server name myelin (like Synapse) gives a Nerve instance: `<name>_<host>:<port>`.
+pub fn server_name(name: &str, port: u16) -> String {
+    format!("{name}_127.0.0.1:{port}")
+}

@@ -1,0 +1,212 @@
+//! The ZooKeeper source against a real ZooKeeper (Debian's, `integration/zookeeper.sh`): the
+//! updates it yields as nodes come and go, for a missing path, when the session is lost, and
+//! when polling. The end-to-end behaviour (HAProxy, the binary) is in `zookeeper.rs`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use myelin_integration::zookeeper::{self, nerve, serverset, server_name, unique_path, PrivateZk, Registrar};
+use myelin_source::{SourceError, Update, UpdateStream};
+use myelin_watch_zookeeper::{Format, Mode, Settings, ZookeeperSource};
+
+const SESSION: Duration = Duration::from_secs(4);
+
+struct Opened {
+    rt: tokio::runtime::Runtime,
+    stream: UpdateStream,
+}
+
+impl Opened {
+    fn new(source: &ZookeeperSource) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let stream = rt.block_on(async { source.open() });
+        Self { rt, stream }
+    }
+
+    /// The next item, or `None` when the stream ended; panics when nothing comes in `timeout`.
+    fn next(&mut self, timeout: Duration) -> Option<Result<Update, SourceError>> {
+        let stream = &mut self.stream;
+        self.rt.block_on(async { tokio::time::timeout(timeout, stream.next()).await }).expect("the source said nothing in time")
+    }
+
+    #[track_caller]
+    fn update(&mut self) -> Update {
+        match self.next(Duration::from_secs(10)) {
+            Some(Ok(u)) => u,
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+
+    /// Whether the stream stays silent for `d`.
+    fn silent_for(&mut self, d: Duration) -> bool {
+        let stream = &mut self.stream;
+        self.rt.block_on(async { tokio::time::timeout(d, stream.next()).await }).is_err()
+    }
+}
+
+fn source(address: &str, path: &str, format: Format, mode: Mode) -> ZookeeperSource {
+    ZookeeperSource::new(Settings { connect: address.to_owned(), path: path.to_owned(), format, mode })
+}
+
+fn keys(u: &Update) -> Vec<String> {
+    match u {
+        Update::Reset(all) => {
+            let mut k: Vec<String> = all.iter().map(|d| d.key()).collect();
+            k.sort();
+            k
+        }
+        Update::Upsert(d) => vec![d.key()],
+        Update::Remove(k) => vec![k.clone()],
+    }
+}
+
+#[test]
+fn child_watches_follow_nerve_nodes_and_skip_malformed_ones() {
+    let zk = zookeeper::shared().unwrap();
+    let path = unique_path("source-watch");
+    let reg = Registrar::connect(&zk, SESSION).unwrap();
+    reg.ensure_path(&path).unwrap();
+    reg.register(&path, "a_", &nerve("a", 1001)).unwrap();
+    reg.register(&path, "b_", &nerve("b", 1002)).unwrap();
+    let bad = reg.register(&path, "bad_", r#"{"host":"127.0.0.1"}"#).unwrap();
+
+    let mut s = Opened::new(&source(&zk, &path, Format::Nerve, Mode::Watch { jitter: None }));
+    // The malformed node is reported, naming it, before the first Reset.
+    match s.next(Duration::from_secs(10)) {
+        Some(Err(e @ SourceError::Entry { .. })) => {
+            let r = e.report();
+            assert!(r.contains(&bad) && r.contains("port is missing"), "{r}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let reset = s.update();
+    assert!(matches!(reset, Update::Reset(_)));
+    assert_eq!(keys(&reset), [server_name("a", 1001), server_name("b", 1002)]);
+    let Update::Reset(all) = reset else { unreachable!() };
+    assert!(all.iter().all(|d| d.weight.as_deref() == Some("1") && d.labels["az"] == "test"));
+
+    let c = reg.register(&path, "c_", &nerve("c", 1003)).unwrap();
+    assert_eq!(s.update(), Update::Upsert(myelin_core_discovered("c", 1003)));
+    reg.delete(&c).unwrap();
+    assert_eq!(s.update(), Update::Remove(server_name("c", 1003)));
+    // A child's data is read once: the malformed node is not reported again on later changes.
+    let d = reg.register(&path, "d_", &nerve("d", 1004)).unwrap();
+    assert_eq!(keys(&s.update()), [server_name("d", 1004)]);
+    reg.delete(&d).unwrap();
+    assert_eq!(keys(&s.update()), [server_name("d", 1004)]);
+    // The registering session closes: all of its nodes go.
+    drop(reg);
+    let mut gone = Vec::new();
+    while gone.len() < 2 {
+        match s.update() {
+            Update::Remove(k) => gone.push(k),
+            other => panic!("{other:?}"),
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, [server_name("a", 1001), server_name("b", 1002)]);
+    let cleanup = Registrar::connect(&zk, SESSION).unwrap();
+    cleanup.delete_tree(&path).unwrap();
+}
+
+fn myelin_core_discovered(name: &str, port: u16) -> myelin_source::Discovered {
+    let mut d = myelin_source::Discovered::new("127.0.0.1", port).named(server_name(name, port)).weighted(1);
+    d.labels.insert("az".into(), "test".into());
+    d
+}
+
+#[test]
+fn a_missing_path_is_an_empty_service_until_it_appears() {
+    let zk = zookeeper::shared().unwrap();
+    let path = unique_path("source-missing");
+    let mut s = Opened::new(&source(&zk, &format!("{path}/web"), Format::Nerve, Mode::Watch { jitter: None }));
+    assert_eq!(s.update(), Update::Reset(vec![]));
+    let reg = Registrar::connect(&zk, SESSION).unwrap();
+    reg.ensure_path(&format!("{path}/web")).unwrap();
+    reg.register(&format!("{path}/web"), "a_", &nerve("a", 1001)).unwrap();
+    // The path's creation fires the exists watch; the node is read at the next listing.
+    let u = s.update();
+    assert_eq!(keys(&u), [server_name("a", 1001)], "{u:?}");
+    drop(reg);
+    assert_eq!(s.update(), Update::Remove(server_name("a", 1001)));
+    // The path is deleted again: still empty, watched.
+    let cleanup = Registrar::connect(&zk, SESSION).unwrap();
+    cleanup.delete_tree(&path).unwrap();
+    assert!(s.silent_for(Duration::from_millis(500)));
+    cleanup.ensure_path(&format!("{path}/web")).unwrap();
+    cleanup.register(&format!("{path}/web"), "b_", &nerve("b", 1002)).unwrap();
+    assert_eq!(keys(&s.update()), [server_name("b", 1002)]);
+    cleanup.delete_tree(&path).unwrap();
+}
+
+#[test]
+fn serverset_members_route_the_chosen_endpoint_and_only_alive_ones() {
+    let zk = zookeeper::shared().unwrap();
+    let path = unique_path("source-serverset");
+    let reg = Registrar::connect(&zk, SESSION).unwrap();
+    reg.ensure_path(&path).unwrap();
+    reg.register(&path, "member_", &serverset(0, 2001, 3001)).unwrap();
+    reg.register(&path, "member_", &serverset(1, 2002, 3002).replace("ALIVE", "STARTING")).unwrap();
+    let mut http = Opened::new(&source(&zk, &path, Format::Serverset { endpoint: Some("http".into()) }, Mode::Watch { jitter: None }));
+    assert_eq!(keys(&http.update()), ["0_127.0.0.1:3001"]);
+    let mut main = Opened::new(&source(&zk, &path, Format::Serverset { endpoint: None }, Mode::Watch { jitter: None }));
+    assert_eq!(keys(&main.update()), ["0_127.0.0.1:2001"]);
+    reg.register(&path, "member_", &serverset(2, 2003, 3003)).unwrap();
+    assert_eq!(keys(&http.update()), ["2_127.0.0.1:3003"]);
+    assert_eq!(keys(&main.update()), ["2_127.0.0.1:2003"]);
+    reg.delete_tree(&path).unwrap();
+}
+
+#[test]
+fn polling_lists_the_path_every_interval() {
+    let zk = zookeeper::shared().unwrap();
+    let path = unique_path("source-poll");
+    let reg = Registrar::connect(&zk, SESSION).unwrap();
+    reg.ensure_path(&path).unwrap();
+    reg.register(&path, "a_", &nerve("a", 1001)).unwrap();
+    let mut s = Opened::new(&source(&zk, &path, Format::Nerve, Mode::Poll { interval: Duration::from_millis(500) }));
+    assert_eq!(keys(&s.update()), [server_name("a", 1001)]);
+    let b = reg.register(&path, "b_", &nerve("b", 1002)).unwrap();
+    assert_eq!(s.update(), Update::Upsert(myelin_core_discovered("b", 1002)));
+    reg.delete(&b).unwrap();
+    assert_eq!(s.update(), Update::Remove(server_name("b", 1002)));
+    // Nothing changes: nothing is said.
+    assert!(s.silent_for(Duration::from_millis(1200)));
+    reg.delete_tree(&path).unwrap();
+}
+
+#[test]
+fn a_lost_session_ends_the_stream_and_the_next_opening_starts_with_a_reset() {
+    let zk = PrivateZk::start().unwrap();
+    let path = "/services/web";
+    let reg = Registrar::connect(&zk.address(), Duration::from_secs(10)).unwrap();
+    reg.ensure_path(path).unwrap();
+    reg.register(path, "a_", &nerve("a", 1001)).unwrap();
+    let src = source(&zk.address(), path, Format::Nerve, Mode::Watch { jitter: None });
+    let mut s = Opened::new(&src);
+    assert_eq!(keys(&s.update()), [server_name("a", 1001)]);
+
+    zk.kill().unwrap();
+    match s.next(Duration::from_secs(10)) {
+        Some(Err(e @ SourceError::Unreachable { .. })) => assert!(e.report().contains("the connection was lost"), "{}", e.report()),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.next(Duration::from_secs(5)).is_none(), "the stream goes on after the loss");
+
+    // Reopened while ZooKeeper is down: reported once, then quietly.
+    let mut down = Opened::new(&src);
+    match down.next(Duration::from_secs(15)) {
+        Some(Err(e @ SourceError::Unreachable { .. })) => assert!(e.report().starts_with(&format!("zookeeper {} is unreachable", zk.address())), "{}", e.report()),
+        other => panic!("{other:?}"),
+    }
+    assert!(down.next(Duration::from_secs(15)).is_none());
+    let mut again = Opened::new(&src);
+    assert!(again.next(Duration::from_secs(15)).is_none(), "the same problem was reported again");
+
+    // Back (with its data: the registering session survives): a complete Reset.
+    zk.restart().unwrap();
+    let mut back = Opened::new(&src);
+    let reset = back.update();
+    assert!(matches!(reset, Update::Reset(_)));
+    assert_eq!(keys(&reset), [server_name("a", 1001)], "{}", zk.log());
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A private ZooKeeper server (standalone) for myelin's tests and benchmark, from Debian's
+# `zookeeper` package (integration/install-deps.sh), on 127.0.0.1 only.
+#
+#   integration/zookeeper.sh start    start it (if not running) and wait until it answers
+#   integration/zookeeper.sh stop     stop it and delete its directory (data, config, log)
+#   integration/zookeeper.sh kill     stop the server only (SIGKILL): its data stays, and
+#                                     `start` brings it back with its sessions and nodes
+#   integration/zookeeper.sh status   exit 0 if it answers
+#
+# It lives in $MYELIN_ZK_DIR (default /tmp/myelin-zookeeper) and listens on
+# 127.0.0.1:$MYELIN_ZK_PORT (default 21810); the port is also written to $MYELIN_ZK_DIR/port.
+# Its log is $MYELIN_ZK_DIR/zookeeper.log. tickTime is 500 ms, so sessions may be as short as
+# 1 s (tests expire registrations quickly); the admin HTTP server is off.
+set -euo pipefail
+DIR=${MYELIN_ZK_DIR:-/tmp/myelin-zookeeper}
+case "$DIR" in /|/tmp|/tmp/|"") echo "refusing MYELIN_ZK_DIR=$DIR" >&2; exit 2 ;; esac
+PORT=${MYELIN_ZK_PORT:-$(cat "$DIR/port" 2>/dev/null || echo 21810)}
+JAR=/usr/share/java/zookeeper.jar
+# The jar's manifest names its dependencies; slf4j-simple logs to standard error (the log file).
+CLASSPATH=$JAR:/usr/share/java/slf4j-simple.jar
+
+answers() {
+  # ZooKeeper's `srvr` four-letter word names the server's mode once it serves requests
+  # (`ruok` says `imok` earlier, while a restarted server still loads its data).
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT && printf srvr >&3 && cat <&3" 2>/dev/null | grep -q '^Mode: '
+}
+
+pid() { cat "$DIR/zookeeper.pid" 2>/dev/null || true; }
+
+alive() { local p; p=$(pid); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+start() {
+  if alive && answers; then return 0; fi
+  if [ ! -f "$JAR" ] || ! command -v java >/dev/null; then
+    echo "ZooKeeper is not installed: run integration/install-deps.sh (Debian's zookeeper package)" >&2
+    exit 1
+  fi
+  if alive; then kill -KILL "$(pid)" 2>/dev/null || true; fi
+  mkdir -p "$DIR/data"
+  echo "$PORT" >"$DIR/port"
+  cat >"$DIR/zoo.cfg" <<EOF
+tickTime=500
+dataDir=$DIR/data
+clientPort=$PORT
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr,stat,cons,mntr
+EOF
+  # Small heap, serial GC: the machine is shared.
+  nohup java -Xmx256m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+    -cp "$CLASSPATH" org.apache.zookeeper.server.ZooKeeperServerMain "$DIR/zoo.cfg" \
+    >>"$DIR/zookeeper.log" 2>&1 </dev/null &
+  echo $! >"$DIR/zookeeper.pid"
+  for _ in $(seq 1 150); do
+    if answers; then return 0; fi
+    if ! alive; then break; fi
+    sleep 0.2
+  done
+  echo "ZooKeeper did not start on 127.0.0.1:$PORT; the end of $DIR/zookeeper.log:" >&2
+  tail -n 30 "$DIR/zookeeper.log" >&2 || true
+  exit 1
+}
+
+kill_server() {
+  local p; p=$(pid)
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+    kill -KILL "$p" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$DIR/zookeeper.pid"
+}
+
+case "${1:-start}" in
+  start) start; echo "zookeeper: 127.0.0.1:$PORT ($DIR)" ;;
+  stop) kill_server; rm -rf "$DIR" ;;
+  kill) kill_server ;;
+  status) alive && answers ;;
+  *) echo "usage: $0 start|stop|kill|status" >&2; exit 2 ;;
+esac
