@@ -10,7 +10,8 @@
 #
 # It lives in $MYELIN_ZK_DIR (default /tmp/myelin-zookeeper) and listens on
 # 127.0.0.1:$MYELIN_ZK_PORT (default 21810); the port is also written to $MYELIN_ZK_DIR/port.
-# Its log is $MYELIN_ZK_DIR/zookeeper.log. tickTime is 500 ms, so sessions may be as short as
+# Its log is $MYELIN_ZK_DIR/zookeeper.log. With $MYELIN_ZK_OWNER (a process id) set, the server
+# is killed when that process is gone (a test's private server outlives no aborted test). tickTime is 500 ms, so sessions may be as short as
 # 1 s (tests expire registrations quickly); the admin HTTP server is off.
 set -euo pipefail
 DIR=${MYELIN_ZK_DIR:-/tmp/myelin-zookeeper}
@@ -52,7 +53,11 @@ EOF
   nohup java -Xmx256m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
     -cp "$CLASSPATH" org.apache.zookeeper.server.ZooKeeperServerMain "$DIR/zoo.cfg" \
     >>"$DIR/zookeeper.log" 2>&1 </dev/null &
-  echo $! >"$DIR/zookeeper.pid"
+  local zk=$!
+  echo "$zk" >"$DIR/zookeeper.pid"
+  if [ -n "${MYELIN_ZK_OWNER:-}" ]; then
+    nohup bash -c "while kill -0 $MYELIN_ZK_OWNER && kill -0 $zk; do sleep 1; done 2>/dev/null; kill -KILL $zk 2>/dev/null" >/dev/null 2>&1 </dev/null &
+  fi
   for _ in $(seq 1 150); do
     if answers; then return 0; fi
     if ! alive; then break; fi

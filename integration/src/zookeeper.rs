@@ -20,7 +20,8 @@ fn run_script(verb: &str, dir: &Path, port: Option<u16>) -> Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(script()).arg(verb).env("MYELIN_ZK_DIR", dir);
     if let Some(p) = port {
-        cmd.env("MYELIN_ZK_PORT", p.to_string());
+        // A private server: it dies with this process, even one that aborts.
+        cmd.env("MYELIN_ZK_PORT", p.to_string()).env("MYELIN_ZK_OWNER", std::process::id().to_string());
     }
     let out = cmd.output().with_context(|| format!("running zookeeper.sh {verb}"))?;
     if !out.status.success() {

@@ -39,6 +39,25 @@ fn the_tutorial_synapse_config_loads_unchanged() {
 }
 
 #[test]
+fn synapse_example_zookeeper_services_load_unchanged() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/synapse-zookeeper.json.conf");
+    let l = load(&path).unwrap_or_else(|e| panic!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+    for (svc, zk_path) in [("service1", "/services/service1"), ("service2", "/services/service2")] {
+        let name = myelin_core::ServiceName::parse(svc).unwrap();
+        let Discovery::Zookeeper(zk) = &l.services[&name].discovery else { panic!("{svc}: not zookeeper") };
+        let s = zk.settings().unwrap();
+        assert_eq!((s.connect.as_str(), s.path.as_str()), ("localhost:2181", zk_path));
+        assert_eq!(l.services[&name].discovery.method(), "zookeeper");
+    }
+    // Synapse's other ZooKeeper form, and decode settings.
+    let l = ok("services:\n  web:\n    discovery: {method: zookeeper_poll, hosts: ['zk1:2181', 'zk2:2181/smartstack'], path: /nerve/web, polling_interval_sec: 30, decode: {method: serverset, endpoint_name: http}}\n");
+    let web = myelin_core::ServiceName::parse("web").unwrap();
+    assert!(matches!(l.services[&web].discovery, Discovery::ZookeeperPoll(_)));
+    let e = err("services:\n  web:\n    discovery: {method: zookeeper, hosts: [], path: nerve/web}\n");
+    assert!(e.contains("services.web.discovery.hosts") && e.contains("services.web.discovery.path"), "{e}");
+}
+
+#[test]
 fn unknown_keys_get_position_path_and_hint() {
     let e = err("services:\n  web:\n    discovery: {method: static}\n    haproxy:\n      prot: 80\n");
     assert!(e.starts_with("/etc/myelin/test.yaml:5:"), "{e}");
@@ -98,7 +117,7 @@ fn native_yaml_form_and_defaults() {
     assert_eq!(l.haproxy.restart_interval.as_millis(), 500);
     let name = myelin_core::ServiceName::parse("web").unwrap();
     match &l.services[&name].discovery {
-        Discovery::File(f) => assert_eq!(f.path, Path::new("/etc/myelin/backends.yaml")),
+        Discovery::File(f) => assert_eq!(l.source_context(&name).resolve(&f.path), Path::new("/etc/myelin/backends.yaml")),
         d => panic!("{d:?}"),
     }
     assert!(l.spec.sections.defaults.iter().any(|d| d.as_str() == "option redispatch"));
@@ -180,14 +199,16 @@ fn docker_discovery_keys() {
         "{MIN}services:\n  web:\n    discovery:\n      method: docker\n      servers: [{{name: h1, host: 192.0.2.10, cert_path: certs}}, {{name: h2, host: docker2.example, port: 2375}}]\n      image_name: local/nodeapp\n      container_port: 8000\n      address: container\n      require_healthy: false\n      name_pattern: 'web-*'\n      labels: {{tier: front}}\n      check_interval: 5\n"
     ));
     let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
-    assert_eq!(d.servers[0].cert_path.as_deref(), Some(Path::new("/etc/myelin/certs")));
-    assert_eq!(d.address, crate::DockerAddress::Container);
+    // Relative paths are taken from the config file's directory when the sources open.
+    let cx = l.source_context(&myelin_core::ServiceName::parse("web").unwrap());
+    assert_eq!(d.servers[0].cert_path.as_deref().map(|p| cx.resolve(p)), Some(PathBuf::from("/etc/myelin/certs")));
+    assert_eq!(d.address, myelin_watch_docker::DockerAddress::Container);
     assert!(!d.require_healthy);
-    assert_eq!(d.check_interval, Some(5.0));
+    assert_eq!(d.check_interval.map(crate::Seconds::get), Some(5.0));
 
     let l = ok(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, container_port: 8000}}\n"));
     let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
-    assert!(d.require_healthy && d.servers.is_empty() && d.address == crate::DockerAddress::Published);
+    assert!(d.require_healthy && d.servers.is_empty() && d.address == myelin_watch_docker::DockerAddress::Published);
 
     let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, address: bridge}}\n"));
     assert!(e.contains("services.web.discovery") && e.contains("unknown variant `bridge`"), "{e}");

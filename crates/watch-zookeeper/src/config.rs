@@ -1,7 +1,6 @@
 //! `method: zookeeper` and `method: zookeeper_poll`: the settings (Synapse's keys), their
 //! checks, and the source they open.
 
-use std::path::Path;
 use std::time::Duration;
 
 use myelin_source::{Context, LabelFilter, Partition, Seconds, SettingsProblem, SourceConfig};
@@ -206,8 +205,6 @@ impl SourceConfig for ZookeeperConfig {
         out
     }
 
-    fn resolve_paths(&mut self, _: &Path) {}
-
     fn partitions(&self, _: &Context) -> Vec<Partition> {
         partition(self.settings())
     }
@@ -229,8 +226,6 @@ impl SourceConfig for ZookeeperPollConfig {
         }
         out
     }
-
-    fn resolve_paths(&mut self, _: &Path) {}
 
     fn partitions(&self, _: &Context) -> Vec<Partition> {
         partition(self.settings())
