@@ -13,6 +13,10 @@
 # Its log is $MYELIN_ZK_DIR/zookeeper.log. With $MYELIN_ZK_OWNER (a process id) set, the server
 # is killed when that process is gone (a test's private server outlives no aborted test). tickTime is 500 ms, so sessions may be as short as
 # 1 s (tests expire registrations quickly); the admin HTTP server is off.
+#
+# A member of an ensemble: set $MYELIN_ZK_MYID and $MYELIN_ZK_SERVERS (the `server.N=host:peer:election`
+# lines, space-separated) for each member, and start the members together (`start` waits until
+# the member serves, which needs a quorum).
 set -euo pipefail
 DIR=${MYELIN_ZK_DIR:-/tmp/myelin-zookeeper}
 case "$DIR" in /|/tmp|/tmp/|"") echo "refusing MYELIN_ZK_DIR=$DIR" >&2; exit 2 ;; esac
@@ -49,9 +53,14 @@ maxClientCnxns=0
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat,cons,mntr
 EOF
+  if [ -n "${MYELIN_ZK_SERVERS:-}" ]; then
+    printf 'initLimit=10\nsyncLimit=5\n' >>"$DIR/zoo.cfg"
+    printf '%s\n' $MYELIN_ZK_SERVERS >>"$DIR/zoo.cfg"
+    echo "${MYELIN_ZK_MYID:?MYELIN_ZK_MYID is needed with MYELIN_ZK_SERVERS}" >"$DIR/data/myid"
+  fi
   # Small heap, serial GC: the machine is shared.
-  nohup java -Xmx256m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
-    -cp "$CLASSPATH" org.apache.zookeeper.server.ZooKeeperServerMain "$DIR/zoo.cfg" \
+  nohup java -Xmx256m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=info \
+    -cp "$CLASSPATH" org.apache.zookeeper.server.quorum.QuorumPeerMain "$DIR/zoo.cfg" \
     >>"$DIR/zookeeper.log" 2>&1 </dev/null &
   local zk=$!
   echo "$zk" >"$DIR/zookeeper.pid"

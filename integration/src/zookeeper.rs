@@ -17,8 +17,15 @@ fn script() -> PathBuf {
 }
 
 fn run_script(verb: &str, dir: &Path, port: Option<u16>) -> Result<()> {
+    run_script_env(verb, dir, port, &[])
+}
+
+fn run_script_env(verb: &str, dir: &Path, port: Option<u16>, vars: &[(&str, String)]) -> Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(script()).arg(verb).env("MYELIN_ZK_DIR", dir);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
     if let Some(p) = port {
         // A private server: it dies with this process, even one that aborts.
         cmd.env("MYELIN_ZK_PORT", p.to_string()).env("MYELIN_ZK_OWNER", std::process::id().to_string());
@@ -96,6 +103,25 @@ impl PrivateZk {
         self.restart()
     }
 
+    /// The answer to a four-letter word (`mntr`, `cons`, `srvr`).
+    pub fn four_letter(&self, word: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(word.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// How many client connections the server has (`mntr`'s `zk_num_alive_connections`,
+    /// which counts the asking one too: that one is left out).
+    pub fn connections(&self) -> Result<usize> {
+        let m = self.four_letter("mntr")?;
+        let n = m.lines().find_map(|l| l.strip_prefix("zk_num_alive_connections")).context("no zk_num_alive_connections")?;
+        Ok(n.trim().parse::<usize>()?.saturating_sub(1))
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.zk_dir().join("zookeeper.log")).unwrap_or_default()
@@ -105,6 +131,69 @@ impl PrivateZk {
 impl Drop for PrivateZk {
     fn drop(&mut self) {
         let _ = run_script("stop", &self.zk_dir(), Some(self.port));
+    }
+}
+
+/// A three-server ensemble of one test's own, on free ports of 127.0.0.1. Stopped and deleted
+/// when dropped.
+pub struct PrivateEnsemble {
+    dir: tempfile::TempDir,
+    /// Each member's client port.
+    pub ports: Vec<u16>,
+    servers: String,
+}
+
+impl PrivateEnsemble {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<u16> = (0..3).map(|_| crate::free_port()).collect();
+        let servers = (1..=3).map(|i| format!("server.{i}=127.0.0.1:{}:{}", crate::free_port(), crate::free_port())).collect::<Vec<_>>().join(" ");
+        let e = Self { dir, ports, servers };
+        // A member serves once a quorum has formed: start them together.
+        std::thread::scope(|s| {
+            let started: Vec<_> = (0..3).map(|i| s.spawn({
+                let e = &e;
+                move || e.start_member(i)
+            })).collect();
+            started.into_iter().try_for_each(|h| h.join().expect("starting a member panicked"))
+        })?;
+        Ok(e)
+    }
+
+    fn member_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("zk{}", i + 1))
+    }
+
+    fn start_member(&self, i: usize) -> Result<()> {
+        run_script_env("start", &self.member_dir(i), Some(self.ports[i]), &[("MYELIN_ZK_MYID", (i + 1).to_string()), ("MYELIN_ZK_SERVERS", self.servers.clone())])
+    }
+
+    /// The connect string entries: `127.0.0.1:PORT` of each member.
+    pub fn hosts(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    }
+
+    /// Kill member `i` (0-based; SIGKILL, its data stays).
+    pub fn kill(&self, i: usize) -> Result<()> {
+        run_script("kill", &self.member_dir(i), Some(self.ports[i]))
+    }
+
+    /// Start member `i` again; it rejoins the quorum.
+    pub fn restart(&self, i: usize) -> Result<()> {
+        self.start_member(i)
+    }
+
+    /// The members' logs.
+    pub fn logs(&self) -> String {
+        (0..3).map(|i| format!("--- member {}:\n{}", i + 1, std::fs::read_to_string(self.member_dir(i).join("zookeeper.log")).unwrap_or_default())).collect()
+    }
+}
+
+impl Drop for PrivateEnsemble {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            let _ = run_script("stop", &self.member_dir(i), Some(self.ports[i]));
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use myelin_integration::zookeeper::{self, nerve, server_name, serverset, unique_path, PrivateZk, Registrar};
+use myelin_integration::zookeeper::{self, nerve, server_name, serverset, unique_path, PrivateEnsemble, PrivateZk, Registrar};
 use myelin_integration::{free_port, get, load_loop, spray, wait_for, Backend, Env, Proc};
 
 const SESSION: Duration = Duration::from_secs(10);
@@ -24,12 +24,17 @@ struct Running {
 }
 
 fn start(discovery: &str) -> Running {
+    start_with(discovery, String::new)
+}
+
+/// As [`start`]; `context` adds to the failure message (e.g. a private ZooKeeper's log).
+fn start_with(discovery: &str, context: impl Fn() -> String) -> Running {
     let env = Env::new();
     let extra = format!("{}  drain_timeout: 1\n", env.runtime_extra());
     let cfg = env.write_config_with(discovery, "", &extra);
     let (_haproxy, myelin) = env.start(&cfg).unwrap();
     // The first render already holds what ZooKeeper had; wait for the daemon's own session too.
-    assert!(wait_for(Duration::from_secs(15), || myelin.log().contains("Source synced.")).is_some(), "{}", myelin.log());
+    assert!(wait_for(Duration::from_secs(15), || myelin.log().contains("Source synced.")).is_some(), "{}\n{}", myelin.log(), context());
     Running { env, _haproxy, myelin }
 }
 
@@ -213,7 +218,7 @@ fn zookeeper_down_keeps_every_backend_and_a_restarted_zookeeper_converges() {
     reg.ensure_path(path).unwrap();
     let nb1 = reg.register(path, "b1_", &nerve("b1", b1.port)).unwrap();
     reg.register(path, "b2_", &nerve("b2", b2.port)).unwrap();
-    let r = start(&zk_discovery(&zk.address(), path));
+    let r = start_with(&zk_discovery(&zk.address(), path), || format!("ZooKeeper's log:\n{}", zk.log()));
     r.converges(&[server_name("b1", b1.port), server_name("b2", b2.port)], BOUND);
     let reloads = r.reloads();
     let stop = Arc::new(AtomicBool::new(false));
@@ -250,6 +255,67 @@ fn zookeeper_down_keeps_every_backend_and_a_restarted_zookeeper_converges() {
     assert!(n > 100, "{n} requests");
     assert_eq!(failed, 0, "{why:?}\n{}", r.myelin.log());
     assert_eq!(r.answers(12), set(&["b2", "b3", "b4"]));
+    assert_eq!(r.reloads(), reloads, "{}", r.myelin.log());
+}
+
+/// Retry a registry write for up to 20 s: while an ensemble elects a leader, writes fail.
+fn retry<T>(what: &str, mut f: impl FnMut() -> anyhow::Result<T>) -> T {
+    let t0 = std::time::Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if t0.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{what}: {e:#}"),
+        }
+    }
+}
+
+/// A three-server ensemble loses each member in turn (two keep the quorum) while instances
+/// change: myelin's session moves to a live member when its own goes, HAProxy keeps serving,
+/// and every change arrives.
+#[test]
+fn an_ensemble_loses_each_member_in_turn_and_myelin_follows() {
+    let zk = PrivateEnsemble::start().unwrap();
+    let path = "/services/web";
+    let backends: Vec<Backend> = (0..5).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let name = |i: usize| server_name(&format!("b{i}"), backends[i].port);
+    let reg = Registrar::connect(&zk.hosts().join(","), SESSION).unwrap();
+    reg.ensure_path(path).unwrap();
+    let mut nodes: Vec<(usize, String)> = (0..2).map(|i| (i, reg.register(path, &format!("b{i}_"), &nerve(&format!("b{i}"), backends[i].port)).unwrap())).collect();
+    let hosts = zk.hosts().iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+    let r = start_with(&format!("      method: zookeeper\n      hosts: [{hosts}]\n      path: {path}\n"), || zk.logs());
+    r.converges(&[name(0), name(1)], BOUND);
+    let reloads = r.reloads();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load_loop(r.env.frontend_port, Duration::from_millis(10), 30_000, Duration::from_secs(200), stop.clone());
+
+    for member in 0..3 {
+        zk.kill(member).unwrap();
+        // One instance in, the oldest out.
+        let new = member + 2;
+        let node = retry("register", || reg.register(path, &format!("b{new}_"), &nerve(&format!("b{new}"), backends[new].port)));
+        nodes.push((new, node));
+        let (_, oldest) = nodes.remove(0);
+        retry("delete", || match reg.delete(&oldest) {
+            // A retried delete may find it gone already.
+            Err(e) if format!("{e:#}").contains("node not exists") => Ok(()),
+            other => other,
+        });
+        let want: Vec<String> = nodes.iter().map(|(i, _)| name(*i)).collect();
+        if wait_for(Duration::from_secs(40), || r.routable() == want.iter().cloned().collect()).is_none() {
+            panic!("member {member} down: HAProxy routes {:?}, not {want:?}\n{}\n{}", r.routable(), r.myelin.log(), zk.logs());
+        }
+        zk.restart(member).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (n, failed, why) = load.join().unwrap();
+    assert!(n > 100, "{n} requests");
+    assert_eq!(failed, 0, "{why:?}\n{}", r.myelin.log());
+    assert!(r.myelin.log().contains("Source disconnected"), "myelin's member was never killed?\n{}", r.myelin.log());
+    assert_eq!(r.answers(8), set(&["b3", "b4"]));
     assert_eq!(r.reloads(), reloads, "{}", r.myelin.log());
 }
 

@@ -11,14 +11,19 @@ use myelin_watch_zookeeper::{Format, Mode, Settings, ZookeeperSource};
 
 const SESSION: Duration = Duration::from_secs(4);
 
+/// One runtime for every test, as in the daemon: sources with the same connect string share
+/// a session, whose task runs on the runtime that made it.
+static RT: std::sync::LazyLock<tokio::runtime::Runtime> =
+    std::sync::LazyLock::new(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap());
+
 struct Opened {
-    rt: tokio::runtime::Runtime,
+    rt: &'static tokio::runtime::Runtime,
     stream: UpdateStream,
 }
 
 impl Opened {
     fn new(source: &ZookeeperSource) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = &*RT;
         let stream = rt.block_on(async { source.open() });
         Self { rt, stream }
     }
@@ -209,4 +214,40 @@ fn a_lost_session_ends_the_stream_and_the_next_opening_starts_with_a_reset() {
     let reset = back.update();
     assert!(matches!(reset, Update::Reset(_)));
     assert_eq!(keys(&reset), [server_name("a", 1001)], "{}", zk.log());
+}
+
+#[test]
+fn sources_on_one_ensemble_share_one_session() {
+    let zk = PrivateZk::start().unwrap();
+    let reg = Registrar::connect(&zk.address(), Duration::from_secs(10)).unwrap();
+    for svc in ["a", "b", "c"] {
+        reg.ensure_path(&format!("/services/{svc}")).unwrap();
+        reg.register(&format!("/services/{svc}"), "i_", &nerve(svc, 1001)).unwrap();
+    }
+    let sources: Vec<ZookeeperSource> = ["a", "b", "c"].iter().map(|svc| source(&zk.address(), &format!("/services/{svc}"), Format::Nerve, Mode::Watch { jitter: None })).collect();
+    let mut opened: Vec<Opened> = sources.iter().map(Opened::new).collect();
+    for (o, svc) in opened.iter_mut().zip(["a", "b", "c"]) {
+        assert_eq!(keys(&o.update()), [server_name(svc, 1001)]);
+    }
+    // The registrar's connection and one for the three sources.
+    assert_eq!(zk.connections().unwrap(), 2, "{}", zk.four_letter("cons").unwrap());
+    // The session is lost: every source on it ends; reopened, they share a new one.
+    zk.kill().unwrap();
+    for o in &mut opened {
+        assert!(matches!(o.next(Duration::from_secs(10)), Some(Err(SourceError::Unreachable { .. }))));
+        assert!(o.next(Duration::from_secs(5)).is_none());
+    }
+    zk.restart().unwrap();
+    let mut opened: Vec<Opened> = sources.iter().map(Opened::new).collect();
+    for (o, svc) in opened.iter_mut().zip(["a", "b", "c"]) {
+        assert_eq!(keys(&o.update()), [server_name(svc, 1001)]);
+    }
+    assert!(wait(|| zk.connections().unwrap_or(0) == 2), "{}", zk.four_letter("cons").unwrap());
+    // Once no source uses it, the session is closed.
+    drop(opened);
+    assert!(wait(|| zk.connections().unwrap_or(9) == 1), "{}", zk.four_letter("cons").unwrap());
+}
+
+fn wait(mut f: impl FnMut() -> bool) -> bool {
+    myelin_integration::wait_for(Duration::from_secs(10), &mut f).is_some()
 }

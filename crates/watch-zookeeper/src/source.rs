@@ -3,7 +3,7 @@
 //! the stream; the supervisor opens a new one, whose first update is a complete `Reset` again.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -23,6 +23,33 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Node reads in flight at once when many children appear together (e.g. the first listing).
 const READS_IN_FLIGHT: usize = 128;
+
+/// The sessions in use, by connect string: every source that reads through the same ensemble
+/// shares one session, as Synapse shares one connection. ZooKeeper limits the connections
+/// from one address (`maxClientCnxns`, 60 by default), and a host may route hundreds of
+/// services. A session lives while a source uses it; when it is lost, every source on it
+/// ends, and the first to reopen makes a new one for the others.
+static SESSIONS: tokio::sync::Mutex<BTreeMap<String, Weak<Client>>> = tokio::sync::Mutex::const_new(BTreeMap::new());
+
+/// A session for `connect`: the shared one if it is connected and answers, else a new one.
+async fn session(connect: &str) -> Result<(Arc<Client>, bool), Cause> {
+    let mut pool = SESSIONS.lock().await;
+    pool.retain(|_, s| s.strong_count() > 0);
+    if let Some(c) = pool.get(connect).and_then(Weak::upgrade) {
+        // A quick read proves the session is served (its state alone can be stale when its
+        // connection was just cut).
+        if c.state() == SessionState::SyncConnected && matches!(tokio::time::timeout(Duration::from_secs(2), c.check_stat("/")).await, Ok(Ok(_))) {
+            return Ok((c, true));
+        }
+    }
+    let c = match tokio::time::timeout(CONNECT_TIMEOUT, Client::connector().with_session_timeout(SESSION_TIMEOUT).with_fail_eagerly().connect(connect)).await {
+        Ok(Ok(c)) => Arc::new(c),
+        Ok(Err(e)) => return Err(Cause::new(e)),
+        Err(_) => return Err(Cause::msg(format!("no session within {CONNECT_TIMEOUT:?}"))),
+    };
+    pool.insert(connect.to_owned(), Arc::downgrade(&c));
+    Ok((c, false))
+}
 
 /// How a source follows the path.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,18 +137,16 @@ fn lost_state(origin: &str, state: SessionState) -> SourceError {
 
 impl Run {
     async fn run(mut self) {
-        let client = match tokio::time::timeout(CONNECT_TIMEOUT, Client::connector().with_session_timeout(SESSION_TIMEOUT).with_fail_eagerly().connect(&self.s.connect)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let e = SourceError::unreachable(self.origin.clone(), e);
-                return self.fail(e).await;
+        let client = match session(&self.s.connect).await {
+            Ok((c, shared)) => {
+                debug!(origin = %self.origin, session = %c.session_id(), timeout_ms = c.session_timeout().as_millis() as u64, shared, "ZooKeeper session.");
+                c
             }
-            Err(_) => {
-                let e = SourceError::Unreachable { origin: self.origin.clone(), cause: Cause::msg(format!("no session within {CONNECT_TIMEOUT:?}")) };
+            Err(cause) => {
+                let e = SourceError::Unreachable { origin: self.origin.clone(), cause };
                 return self.fail(e).await;
             }
         };
-        debug!(origin = %self.origin, session = %client.session_id(), timeout_ms = client.session_timeout().as_millis() as u64, "ZooKeeper session established.");
         let mut state = client.state_watcher();
         let outcome = match self.s.mode {
             Mode::Watch { jitter } => self.watch(&client, &mut state, jitter).await,
