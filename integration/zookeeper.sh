@@ -12,7 +12,7 @@
 # 127.0.0.1:$MYELIN_ZK_PORT (default 21810); the port is also written to $MYELIN_ZK_DIR/port.
 # Its log is $MYELIN_ZK_DIR/zookeeper.log. With $MYELIN_ZK_OWNER (a process id) set, the server
 # is killed when that process is gone (a test's private server outlives no aborted test). tickTime is 500 ms, so sessions may be as short as
-# 1 s (tests expire registrations quickly); the admin HTTP server is off.
+# 1 s (tests expire registrations quickly) and as long as 60 s; the admin HTTP server is off.
 #
 # A member of an ensemble: set $MYELIN_ZK_MYID and $MYELIN_ZK_SERVERS (the `server.N=host:peer:election`
 # lines, space-separated) for each member, and start the members together (`start` waits until
@@ -50,6 +50,8 @@ dataDir=$DIR/data
 clientPort=$PORT
 clientPortAddress=127.0.0.1
 maxClientCnxns=0
+# Registering clients in tests that restart the server ask for long sessions, to outlive it.
+maxSessionTimeout=60000
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat,cons,mntr
 EOF

@@ -115,13 +115,11 @@ fn first_reset(zk: &str) -> Result<()> {
         let (took, count) = rt.block_on(async {
             let t0 = Instant::now();
             let mut stream = source.open();
-            loop {
-                match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
-                    Ok(Some(Ok(Update::Reset(all)))) => return Ok((t0.elapsed(), all.len())),
-                    Ok(Some(other)) => bail!("unexpected {other:?}"),
-                    Ok(None) => bail!("the stream ended"),
-                    Err(_) => bail!("no Reset within 60 s"),
-                }
+            match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+                Ok(Some(Ok(Update::Reset(all)))) => Ok((t0.elapsed(), all.len())),
+                Ok(Some(other)) => bail!("unexpected {other:?}"),
+                Ok(None) => bail!("the stream ended"),
+                Err(_) => bail!("no Reset within 60 s"),
             }
         })?;
         if count != n {

@@ -276,6 +276,12 @@ impl Registrar {
         Ok(())
     }
 
+    /// Rewrite a node's data in place (Nerve does, when an instance's weight changes).
+    pub fn set_data(&self, path: &str, data: &str) -> Result<()> {
+        self.rt.block_on(self.client().set_data(path, data.as_bytes(), None)).with_context(|| format!("set {path}"))?;
+        Ok(())
+    }
+
     pub fn delete(&self, path: &str) -> Result<()> {
         self.rt.block_on(self.client().delete(path, None)).with_context(|| format!("delete {path}"))
     }
@@ -322,7 +328,12 @@ impl Drop for Registrar {
 
 /// What Nerve writes for an instance: `{"host", "port", "name", "weight"?, "labels"?}`.
 pub fn nerve(name: &str, port: u16) -> String {
-    format!(r#"{{"host":"127.0.0.1","port":{port},"name":"{name}","weight":1,"labels":{{"az":"test"}}}}"#)
+    nerve_weighted(name, port, 1)
+}
+
+/// The same with a weight.
+pub fn nerve_weighted(name: &str, port: u16, weight: u16) -> String {
+    format!(r#"{{"host":"127.0.0.1","port":{port},"name":"{name}","weight":{weight},"labels":{{"az":"test"}}}}"#)
 }
 
 /// What a Finagle announcer writes for a serverset member, with an `http` additional endpoint.

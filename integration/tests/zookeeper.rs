@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use myelin_integration::zookeeper::{self, nerve, server_name, serverset, unique_path, PrivateEnsemble, PrivateZk, Registrar};
+use myelin_integration::zookeeper::{self, nerve, nerve_weighted, server_name, serverset, unique_path, PrivateEnsemble, PrivateZk, Registrar};
 use myelin_integration::{free_port, get, load_loop, spray, wait_for, Backend, Env, Proc};
 
+/// Registering sessions that must outlive a ZooKeeper restart on a loaded machine.
+const LONG_SESSION: Duration = Duration::from_secs(30);
 const SESSION: Duration = Duration::from_secs(10);
 const BOUND: Duration = Duration::from_secs(5);
 
@@ -87,9 +89,13 @@ fn nerve_nodes_are_routed_and_unrouted_through_the_runtime_api_without_a_reload(
     let reloads = r.reloads();
 
     // Created: in.
-    reg.register(&path, "b3_", &nerve("b3", b3.port)).unwrap();
+    let n3 = reg.register(&path, "b3_", &nerve("b3", b3.port)).unwrap();
     r.converges(&[server_name("b1", b1.port), server_name("b2", b2.port), server_name("b3", b3.port)], BOUND);
     assert_eq!(r.answers(12), set(&["b1", "b2", "b3"]));
+    // Rewritten in place with a new weight (as Nerve does): HAProxy's weight follows.
+    reg.set_data(&n3, &nerve_weighted("b3", b3.port, 5)).unwrap();
+    let weight_of_b3 = || r.env.active_servers("web").unwrap_or_default().into_iter().find(|s| s.0 == server_name("b3", b3.port)).map(|s| s.2);
+    assert!(wait_for(BOUND, || weight_of_b3() == Some(5)).is_some(), "{:?}\n{}", weight_of_b3(), r.myelin.log());
     // Deleted: out.
     reg.delete(&n1).unwrap();
     r.converges(&[server_name("b2", b2.port), server_name("b3", b3.port)], BOUND);
@@ -214,7 +220,7 @@ fn zookeeper_down_keeps_every_backend_and_a_restarted_zookeeper_converges() {
     let zk = PrivateZk::start().unwrap();
     let path = "/services/web";
     let (b1, b2, b3, b4) = (Backend::start("b1"), Backend::start("b2"), Backend::start("b3"), Backend::start("b4"));
-    let reg = Registrar::connect(&zk.address(), SESSION).unwrap();
+    let reg = Registrar::connect(&zk.address(), LONG_SESSION).unwrap();
     reg.ensure_path(path).unwrap();
     let nb1 = reg.register(path, "b1_", &nerve("b1", b1.port)).unwrap();
     reg.register(path, "b2_", &nerve("b2", b2.port)).unwrap();
@@ -224,7 +230,7 @@ fn zookeeper_down_keeps_every_backend_and_a_restarted_zookeeper_converges() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = load_loop(r.env.frontend_port, Duration::from_millis(10), 20_000, Duration::from_secs(120), stop.clone());
 
-    // Down for 4 s (shorter than the registering session's 10 s, so it survives): every
+    // Down for 4 s (shorter than the registering session's 30 s, so it survives): every
     // backend stays.
     zk.kill().unwrap();
     assert!(wait_for(BOUND, || r.myelin.log().contains("keeping the last known backends")).is_some(), "{}\nZooKeeper's log:\n{}", r.myelin.log(), zk.log());
@@ -244,7 +250,7 @@ fn zookeeper_down_keeps_every_backend_and_a_restarted_zookeeper_converges() {
     drop(reg);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(r.routable(), set(&[&server_name("b2", b2.port), &server_name("b3", b3.port)]));
-    let reg = Registrar::connect(&zk.address(), SESSION).unwrap();
+    let reg = Registrar::connect(&zk.address(), LONG_SESSION).unwrap();
     reg.ensure_path(path).unwrap();
     for (name, b) in [("b2", &b2), ("b3", &b3), ("b4", &b4)] {
         reg.register(path, &format!("{name}_"), &nerve(name, b.port)).unwrap();
@@ -282,7 +288,7 @@ fn an_ensemble_loses_each_member_in_turn_and_myelin_follows() {
     let path = "/services/web";
     let backends: Vec<Backend> = (0..5).map(|i| Backend::start(&format!("b{i}"))).collect();
     let name = |i: usize| server_name(&format!("b{i}"), backends[i].port);
-    let reg = Registrar::connect(&zk.hosts().join(","), SESSION).unwrap();
+    let reg = Registrar::connect(&zk.hosts().join(","), LONG_SESSION).unwrap();
     reg.ensure_path(path).unwrap();
     let mut nodes: Vec<(usize, String)> = (0..2).map(|i| (i, reg.register(path, &format!("b{i}_"), &nerve(&format!("b{i}"), backends[i].port)).unwrap())).collect();
     let hosts = zk.hosts().iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");

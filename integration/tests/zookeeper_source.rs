@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use myelin_integration::zookeeper::{self, nerve, serverset, server_name, unique_path, PrivateZk, Registrar};
+use myelin_integration::zookeeper::{self, nerve, nerve_weighted, serverset, server_name, unique_path, PrivateZk, Registrar};
 use myelin_source::{SourceError, Update, UpdateStream};
 use myelin_watch_zookeeper::{Format, Mode, Settings, ZookeeperSource};
 
+/// Registering sessions that must outlive a ZooKeeper restart on a loaded machine.
+const LONG_SESSION: Duration = Duration::from_secs(30);
 const SESSION: Duration = Duration::from_secs(4);
 
 /// One runtime for every test, as in the daemon: sources with the same connect string share
@@ -94,6 +96,20 @@ fn child_watches_follow_nerve_nodes_and_skip_malformed_ones() {
     assert_eq!(s.update(), Update::Upsert(myelin_core_discovered("c", 1003)));
     reg.delete(&c).unwrap();
     assert_eq!(s.update(), Update::Remove(server_name("c", 1003)));
+    reg.register(&path, "c_", &nerve("c", 1003)).unwrap();
+    assert_eq!(s.update(), Update::Upsert(myelin_core_discovered("c", 1003)));
+    // A node rewritten in place (Nerve's new weight) is read again.
+    reg.set_data(&c_again(&reg, &path), &nerve_weighted("c", 1003, 7)).unwrap_or_else(|e| panic!("{e:#}"));
+    match s.update() {
+        Update::Upsert(d) => assert_eq!((d.key(), d.weight.as_deref()), (server_name("c", 1003), Some("7"))),
+        other => panic!("{other:?}"),
+    }
+    // A malformed rewrite takes the instance out and is reported.
+    let c = reg.children(&path).unwrap().into_iter().find(|n| n.starts_with("c_")).map(|n| format!("{path}/{n}")).unwrap();
+    reg.set_data(&c, "{").unwrap();
+    assert!(matches!(s.next(Duration::from_secs(10)), Some(Err(SourceError::Entry { .. }))));
+    assert_eq!(s.update(), Update::Remove(server_name("c", 1003)));
+    reg.delete(&c).unwrap();
     // A child's data is read once: the malformed node is not reported again on later changes.
     let d = reg.register(&path, "d_", &nerve("d", 1004)).unwrap();
     assert_eq!(keys(&s.update()), [server_name("d", 1004)]);
@@ -112,6 +128,11 @@ fn child_watches_follow_nerve_nodes_and_skip_malformed_ones() {
     assert_eq!(gone, [server_name("a", 1001), server_name("b", 1002)]);
     let cleanup = Registrar::connect(&zk, SESSION).unwrap();
     cleanup.delete_tree(&path).unwrap();
+}
+
+/// The path of the `c_` node under `path`.
+fn c_again(reg: &Registrar, path: &str) -> String {
+    reg.children(path).unwrap().into_iter().find(|n| n.starts_with("c_")).map(|n| format!("{path}/{n}")).unwrap()
 }
 
 fn myelin_core_discovered(name: &str, port: u16) -> myelin_source::Discovered {
@@ -184,7 +205,7 @@ fn polling_lists_the_path_every_interval() {
 fn a_lost_session_ends_the_stream_and_the_next_opening_starts_with_a_reset() {
     let zk = PrivateZk::start().unwrap();
     let path = "/services/web";
-    let reg = Registrar::connect(&zk.address(), Duration::from_secs(10)).unwrap();
+    let reg = Registrar::connect(&zk.address(), LONG_SESSION).unwrap();
     reg.ensure_path(path).unwrap();
     reg.register(path, "a_", &nerve("a", 1001)).unwrap();
     let src = source(&zk.address(), path, Format::Nerve, Mode::Watch { jitter: None });
@@ -219,7 +240,7 @@ fn a_lost_session_ends_the_stream_and_the_next_opening_starts_with_a_reset() {
 #[test]
 fn sources_on_one_ensemble_share_one_session() {
     let zk = PrivateZk::start().unwrap();
-    let reg = Registrar::connect(&zk.address(), Duration::from_secs(10)).unwrap();
+    let reg = Registrar::connect(&zk.address(), LONG_SESSION).unwrap();
     for svc in ["a", "b", "c"] {
         reg.ensure_path(&format!("/services/{svc}")).unwrap();
         reg.register(&format!("/services/{svc}"), "i_", &nerve(svc, 1001)).unwrap();

@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, SinkExt, StreamExt};
 use myelin_core::{Discovered, Update};
 use myelin_source::{Cause, SourceError, UpdateStream};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use zookeeper_client::{Client, EventType, OneshotWatcher, SessionState, StateWatcher};
+use zookeeper_client::{Client, EventType, SessionState, StateWatcher, WatchedEvent};
 
 use crate::payload::{changes, decode, Format, Instance, Members};
 
@@ -96,7 +98,7 @@ impl ZookeeperSource {
     /// connection is lost. Dropping it closes the session.
     pub fn open(&self) -> UpdateStream {
         let (tx, rx) = mpsc::channel(64);
-        let run = Run { s: self.settings.clone(), origin: self.origin(), last_problem: self.last_problem.clone(), members: Members::default(), told: None, path_missing: false, tx };
+        let run = Run { s: self.settings.clone(), origin: self.origin(), last_problem: self.last_problem.clone(), members: Members::default(), told: None, path_missing: false, data_watches: FuturesUnordered::new(), tx };
         // The session is driven by polling the stream itself: no task to leak.
         let driver = futures::stream::once(run.run()).filter_map(|()| async { None });
         Box::pin(futures::stream::select(rx, driver))
@@ -111,6 +113,14 @@ enum Stop {
     Lost(SourceError),
 }
 
+/// What woke a watch.
+enum Fired {
+    /// The path's children changed, or the path was created or deleted: list again.
+    Children,
+    /// This child's data changed: read it again.
+    Data(String),
+}
+
 /// The state of one opening.
 struct Run {
     s: Arc<Settings>,
@@ -122,6 +132,10 @@ struct Run {
     told: Option<BTreeMap<String, Discovered>>,
     /// The path was found missing (and that was logged).
     path_missing: bool,
+    /// In watch mode, the data watch of each child read (a registry may rewrite a node in
+    /// place, as Nerve does when an instance's weight changes): each yields the child's name
+    /// and what happened.
+    data_watches: FuturesUnordered<BoxFuture<'static, (String, WatchedEvent)>>,
     tx: mpsc::Sender<Result<Update, SourceError>>,
 }
 
@@ -208,9 +222,20 @@ impl Run {
                 },
                 Err(e) => return self.failed("listing", e),
             };
-            // Children changed, or the path was created or deleted: list again.
-            if let Err(stop) = self.wait(state, watcher).await {
-                return stop;
+            // Until the children change (or the path is created or deleted), follow the data of
+            // the children read.
+            let fired = watcher.changed();
+            tokio::pin!(fired);
+            loop {
+                match self.wait(state, &mut fired).await {
+                    Ok(Fired::Children) => break,
+                    Ok(Fired::Data(child)) => {
+                        if let Err(stop) = self.reread(client, child).await {
+                            return stop;
+                        }
+                    }
+                    Err(stop) => return stop,
+                }
             }
         }
     }
@@ -235,20 +260,25 @@ impl Run {
         }
     }
 
-    /// Wait for a watch to fire, unless the session is lost first.
-    async fn wait(&self, state: &mut StateWatcher, watcher: OneshotWatcher) -> Result<(), Stop> {
-        let fired = watcher.changed();
-        tokio::pin!(fired);
+    /// Wait for the children watch (`children`) or a data watch to fire, unless the session is
+    /// lost first.
+    async fn wait(&mut self, state: &mut StateWatcher, children: &mut (impl std::future::Future<Output = WatchedEvent> + Unpin)) -> Result<Fired, Stop> {
         loop {
             tokio::select! {
-                ev = &mut fired => {
+                ev = &mut *children => {
                     return if ev.event_type == EventType::Session {
                         Err(Stop::Lost(lost_state(&self.origin, ev.session_state)))
                     } else {
                         debug!(origin = %self.origin, event = %ev.event_type, "Watch fired.");
-                        Ok(())
+                        Ok(Fired::Children)
                     };
                 }
+                Some((child, ev)) = self.data_watches.next(), if !self.data_watches.is_empty() => match ev.event_type {
+                    EventType::NodeDataChanged if self.members.contains(&child) => return Ok(Fired::Data(child)),
+                    EventType::Session => return Err(Stop::Lost(lost_state(&self.origin, ev.session_state))),
+                    // Deleted (the children watch says so too), or no longer listed.
+                    _ => {}
+                },
                 s = state.changed() => {
                     if s != SessionState::SyncConnected {
                         return Err(Stop::Lost(lost_state(&self.origin, s)));
@@ -258,8 +288,53 @@ impl Run {
         }
     }
 
+    /// Read a child's data, with a data watch in watch mode.
+    async fn read(&mut self, client: &Client, child: String) -> (String, Result<Vec<u8>, zookeeper_client::Error>) {
+        let path = self.child_path(&child);
+        if matches!(self.s.mode, Mode::Watch { .. }) {
+            match client.get_and_watch_data(&path).await {
+                Ok((data, _, watcher)) => {
+                    self.data_watches.push(watcher.changed().map(move |ev| (child, ev)).boxed());
+                    (path, Ok(data))
+                }
+                Err(e) => (path, Err(e)),
+            }
+        } else {
+            let r = client.get_data(&path).await.map(|(data, _)| data);
+            (path, r)
+        }
+    }
+
+    /// A child's data changed: read it again and tell the store.
+    async fn reread(&mut self, client: &Client, child: String) -> Result<(), Stop> {
+        let (path, r) = self.read(client, child.clone()).await;
+        debug!(origin = %self.origin, node = ?path, "A node's data changed.");
+        match r {
+            Ok(data) => self.record(child, &path, &data).await?,
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => return Err(self.failed("reading a node under", e)),
+        }
+        self.publish().await
+    }
+
+    /// Decode one child's data into the members; a malformed node is reported.
+    async fn record(&mut self, child: String, path: &str, data: &[u8]) -> Result<(), Stop> {
+        match decode(&self.s.format, data) {
+            Ok(Instance::Up(d)) => self.members.insert(child, Some(d)),
+            Ok(Instance::NotAlive { status }) => {
+                debug!(origin = %self.origin, node = ?path, status = ?status, "Not routed: the member is not alive.");
+                self.members.insert(child, None);
+            }
+            Err(why) => {
+                self.members.insert(child, None);
+                self.send(Err(SourceError::entry(self.origin.clone(), format!("node {path:?}"), why))).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sleep, unless the session is lost first.
-    async fn sleep(&self, state: &mut StateWatcher, d: Duration) -> Result<(), Stop> {
+    async fn sleep(&mut self, state: &mut StateWatcher, d: Duration) -> Result<(), Stop> {
         let sleep = tokio::time::sleep(d);
         tokio::pin!(sleep);
         loop {
@@ -282,10 +357,15 @@ impl Run {
         let new = self.members.retain_listed(children);
         let started = Instant::now();
         let reads = new.len();
+        let watch_data = matches!(self.s.mode, Mode::Watch { .. });
         let paths: Vec<(String, String)> = new.into_iter().map(|c| (self.child_path(&c), c)).collect();
         let mut read: Vec<_> = futures::stream::iter(paths)
             .map(|(path, child)| async move {
-                let r = client.get_data(&path).await;
+                let r = if watch_data {
+                    client.get_and_watch_data(&path).await.map(|(data, _, w)| (data, Some(w)))
+                } else {
+                    client.get_data(&path).await.map(|(data, _)| (data, None))
+                };
                 (child, path, r)
             })
             .buffer_unordered(READS_IN_FLIGHT)
@@ -294,17 +374,13 @@ impl Run {
         read.sort_by(|a, b| a.0.cmp(&b.0));
         for (child, path, r) in read {
             match r {
-                Ok((data, _)) => match decode(&self.s.format, &data) {
-                    Ok(Instance::Up(d)) => self.members.insert(child, Some(d)),
-                    Ok(Instance::NotAlive { status }) => {
-                        debug!(origin = %self.origin, node = ?path, status = ?status, "Not routed: the member is not alive.");
-                        self.members.insert(child, None);
+                Ok((data, watcher)) => {
+                    if let Some(w) = watcher {
+                        let c = child.clone();
+                        self.data_watches.push(w.changed().map(move |ev| (c, ev)).boxed());
                     }
-                    Err(why) => {
-                        self.members.insert(child, None);
-                        self.send(Err(SourceError::entry(self.origin.clone(), format!("node {path:?}"), why))).await?;
-                    }
-                },
+                    self.record(child, &path, &data).await?;
+                }
                 // Deleted since it was listed: the next child event says so.
                 Err(zookeeper_client::Error::NoNode) => {}
                 Err(e) => return Err(self.failed("reading a node under", e)),
