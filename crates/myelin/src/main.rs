@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod notify;
 mod observe;
 mod statefile;
 mod watchers;
