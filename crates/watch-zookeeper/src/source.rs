@@ -1,6 +1,7 @@
-//! One opening: connect (a new session), read the path's children and the data of each, yield
-//! a `Reset`, then follow (child watches) or poll. A lost connection or an expired session ends
-//! the stream; the supervisor opens a new one, whose first update is a complete `Reset` again.
+//! One opening: take the ensemble's session (shared with the other sources on it, or a new
+//! one), read the path's children and the data of each, yield a `Reset`, then follow (child and
+//! data watches) or poll. A lost connection or an expired session ends the stream; the
+//! supervisor opens a new one, whose first update is a complete `Reset` again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -75,9 +76,9 @@ pub struct Settings {
     pub mode: Mode,
 }
 
-/// The source of one service. Each [`open`](Self::open) is one session; the source remembers
-/// across openings what it last reported, so a ZooKeeper that stays down is reported once, not
-/// at every retry.
+/// The source of one service. Each [`open`](Self::open) reads the path afresh on a live
+/// session; the source remembers across openings what it last reported, so a ZooKeeper that
+/// stays down is reported once, not at every retry.
 #[derive(Debug, Clone)]
 pub struct ZookeeperSource {
     settings: Arc<Settings>,
@@ -94,12 +95,13 @@ impl ZookeeperSource {
         format!("zookeeper {}", self.settings.connect)
     }
 
-    /// A new session's stream: a `Reset`, then updates; it ends when the session or its
-    /// connection is lost. Dropping it closes the session.
+    /// A new opening's stream: a `Reset`, then updates; it ends when the session or its
+    /// connection is lost. Dropping it releases the session (closed once no source uses it).
     pub fn open(&self) -> UpdateStream {
         let (tx, rx) = mpsc::channel(64);
         let run = Run { s: self.settings.clone(), origin: self.origin(), last_problem: self.last_problem.clone(), members: Members::default(), told: None, path_missing: false, data_watches: FuturesUnordered::new(), tx };
-        // The session is driven by polling the stream itself: no task to leak.
+        // The opening is driven by polling the stream itself (the client's connection task ends
+        // with its session): nothing to leak.
         let driver = futures::stream::once(run.run()).filter_map(|()| async { None });
         Box::pin(futures::stream::select(rx, driver))
     }
