@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A private ZooKeeper server (standalone) for myelin's tests and benchmark, from Debian's
-# `zookeeper` package (integration/install-deps.sh), on 127.0.0.1 only.
+# A private ZooKeeper server for myelin's tests and benchmark (standalone, or one member of an
+# ensemble), from Debian's `zookeeper` package (integration/install-deps.sh), on 127.0.0.1 only.
 #
 #   integration/zookeeper.sh start    start it (if not running) and wait until it answers
 #   integration/zookeeper.sh stop     stop it and delete its directory (data, config, log)
@@ -11,12 +11,13 @@
 # It lives in $MYELIN_ZK_DIR (default /tmp/myelin-zookeeper) and listens on
 # 127.0.0.1:$MYELIN_ZK_PORT (default 21810); the port is also written to $MYELIN_ZK_DIR/port.
 # Its log is $MYELIN_ZK_DIR/zookeeper.log. With $MYELIN_ZK_OWNER (a process id) set, the server
-# is killed when that process is gone (a test's private server outlives no aborted test). tickTime is 500 ms, so sessions may be as short as
-# 1 s (tests expire registrations quickly) and as long as 60 s; the admin HTTP server is off.
+# is killed when that process is gone (a test's private server outlives no aborted test).
+# tickTime is 500 ms, so sessions may be as short as 1 s (tests expire registrations quickly)
+# and as long as 60 s; the admin HTTP server is off.
 #
-# A member of an ensemble: set $MYELIN_ZK_MYID and $MYELIN_ZK_SERVERS (the `server.N=host:peer:election`
-# lines, space-separated) for each member, and start the members together (`start` waits until
-# the member serves, which needs a quorum).
+# A member of an ensemble: set $MYELIN_ZK_MYID and $MYELIN_ZK_SERVERS (the
+# `server.N=host:peer:election` lines, space-separated) for each member, and start the members
+# together (`start` waits until the member serves, which needs a quorum).
 set -euo pipefail
 DIR=${MYELIN_ZK_DIR:-/tmp/myelin-zookeeper}
 case "$DIR" in /|/tmp|/tmp/|"") echo "refusing MYELIN_ZK_DIR=$DIR" >&2; exit 2 ;; esac
