@@ -87,7 +87,7 @@ mod tests {
                 method: "file".into(),
                 watcher: WatcherState::Starting,
                 synced: false,
-                backends: vec![],
+                backends: Default::default(),
                 last_update: None,
                 last_error: None,
                 last_apply: None,

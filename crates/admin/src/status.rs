@@ -100,7 +100,7 @@ pub struct ServiceStatus {
     /// Synced at least once since it was (re)started.
     pub synced: bool,
     /// What HAProxy is asked to route to (after `default_servers` and port overrides).
-    pub backends: Vec<BackendStatus>,
+    pub backends: std::sync::Arc<Vec<BackendStatus>>,
     /// The last time discovery changed this service's backends.
     pub last_update: Option<String>,
     /// The last problem discovery reported.
@@ -209,7 +209,7 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
             continue;
         }
         let _ = writeln!(out, "\n{name}:");
-        for b in &svc.backends {
+        for b in svc.backends.iter() {
             let w = b.weight.map(|w| format!("  weight {w}")).unwrap_or_default();
             let _ = writeln!(out, "  {}  {}:{}{w}", b.name, b.host, b.port);
         }
@@ -230,7 +230,7 @@ mod tests {
                 method: "file".into(),
                 watcher: WatcherState::Synced,
                 synced: true,
-                backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5), labels: Default::default() }],
+                backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5), labels: Default::default() }].into(),
                 last_update: Some(timestamp(t0)),
                 last_error: None,
                 last_apply: Some(Outcome { at: timestamp(t0), outcome: "installed".into(), error: None }),
@@ -244,7 +244,7 @@ mod tests {
                 method: "docker".into(),
                 watcher: WatcherState::Disconnected,
                 synced: false,
-                backends: vec![],
+                backends: Default::default(),
                 last_update: None,
                 last_error: Some("cannot read x: gone".into()),
                 last_apply: None,

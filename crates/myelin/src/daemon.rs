@@ -103,7 +103,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 let report = d.driver.tick().await;
                 d.obs.runtime_commands(report.runtime_commands, false);
             }
-            Some(result) = async { match d.driver.verifying() { Some(h) => Some(h.await), None => None } } => d.driver.verified(result),
+            Some(result) = async { match d.driver.verifying() { Some(h) => Some(h.await), None => None } } => {
+                let report = d.driver.verified(result).await;
+                d.obs.runtime_commands(report.runtime_commands, false);
+            }
             _ = sleep_until(state_due), if state_due.is_some() => d.write_state_file(),
             _ = d.obs.tick() => {}
         }

@@ -53,7 +53,7 @@ struct Track {
     method: &'static str,
     watcher: WatcherState,
     ever_synced: bool,
-    backends: Vec<BackendStatus>,
+    backends: Arc<Vec<BackendStatus>>,
     last_update: Option<String>,
     last_error: Option<String>,
     last_apply: Option<Outcome>,
@@ -90,7 +90,7 @@ impl Track {
             method: discovery.method(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
             ever_synced: !supported,
-            backends: Vec::new(),
+            backends: Arc::default(),
             last_update: None,
             last_error: None,
             last_apply: None,
@@ -293,9 +293,11 @@ impl Observer {
             }
             let Some(svc) = desired.services.get(name) else { continue };
             let list = svc.routed(&store.backends(name));
-            t.backends = list.clone();
+            if self.file_output.is_some() {
+                routed.insert(name.clone(), list.clone());
+            }
+            t.backends = Arc::new(list);
             t.stale = true;
-            routed.insert(name.clone(), list);
             self.metrics.set_backends(name.as_str(), t.backends.len());
             t.last_apply = Some(o.clone());
             if o.is_ok() {
