@@ -9,6 +9,16 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
+# --- etcd (issue 10) ---
+# etcd-client (the crate) compiles etcd's .proto files at build time: it needs protoc.
+# It also needs the well-known types (google/protobuf/*.proto), which are in libprotobuf-dev (a
+# recommendation of protobuf-compiler, so not installed with --no-install-recommends).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+# The etcd tests' three-member cluster (integration/etcd-cluster.sh); etcdctl for its checks.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+# --- end etcd ---
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
