@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use myelin_config::{Discovery, Loaded};
+use myelin_config::Loaded;
 use myelin_core::{diff, BackendName, DesiredState, ServerName, ServiceName, Store};
 use myelin_haproxy::{run_command, runtime_ops, InstallOutcome, Master, Op, ReloadGate, Runtime, Writer};
 use myelin_watch::{Event, EventKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::observe::{ApplyOutcome, Observer};
+use crate::watchers::Watchers;
 use crate::{commands, statefile};
 
 /// How long the first apply waits for every source to sync before it goes ahead with what is known.
@@ -30,19 +30,6 @@ const DRAIN_TICK: Duration = Duration::from_millis(250);
 /// maintenance, taking no traffic, until the next reload drops it).
 const DELETE_GRACE: Duration = Duration::from_secs(10);
 
-struct Watcher {
-    discovery: Discovery,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 struct Daemon {
     path: PathBuf,
     loaded: Loaded,
@@ -51,7 +38,7 @@ struct Daemon {
     gate: ReloadGate,
     tx: mpsc::Sender<Event>,
     rx: mpsc::Receiver<Event>,
-    watchers: BTreeMap<ServiceName, Watcher>,
+    watchers: Watchers,
     /// The store changed since the last apply.
     dirty: bool,
     /// haproxy.cfg changed on disk but HAProxy has not been reloaded onto it yet.
@@ -99,7 +86,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         loaded,
         tx,
         rx,
-        watchers: BTreeMap::new(),
+        watchers: Watchers::default(),
         dirty: true,
         reload_pending: false,
         started: false,
@@ -149,7 +136,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         }
     }
     d.obs.stopping();
-    d.watchers.clear();
+    d.watchers.stop_all();
     Ok(())
 }
 
@@ -161,21 +148,11 @@ async fn sleep_until(at: Option<Instant>) {
 
 impl Daemon {
     fn start_watcher(&mut self, name: &ServiceName) {
-        let Some(svc) = self.loaded.services.get(name) else { return };
-        let mut tasks = Vec::new();
-        // A method that is not supported yet has no watcher (`load` warned about it): the
-        // service is written with its default_servers.
-        if let Ok(sources) = myelin_watch::sources(&svc.discovery) {
-            for (partition, open) in sources {
-                let filters = svc.discovery.label_filters().to_vec();
-                tasks.push(tokio::spawn(myelin_watch::supervise(name.clone(), partition, open, filters, self.tx.clone())));
-            }
-        }
-        self.watchers.insert(name.clone(), Watcher { discovery: svc.discovery.clone(), tasks });
+        self.watchers.start(&self.loaded, name, &self.tx);
     }
 
     fn all_synced(&self) -> bool {
-        self.watchers.iter().all(|(name, w)| w.tasks.is_empty() || self.store.is_synced(name))
+        self.watchers.with_sources().all(|name| self.store.is_synced(name))
     }
 
     fn next_apply(&self) -> Option<Instant> {
@@ -196,6 +173,10 @@ impl Daemon {
 
     fn handle(&mut self, ev: Event) {
         let service = &ev.service;
+        if !self.watchers.accepts(&ev) {
+            debug!(%service, generation = ev.generation, "Dropping an event from a replaced watcher.");
+            return;
+        }
         match ev.kind {
             EventKind::Update(update) => {
                 let applied = self.store.apply(service, &ev.partition, update);
@@ -209,14 +190,14 @@ impl Daemon {
                 }
                 self.dirty |= applied.changed;
             }
-            EventKind::Problem(e @ myelin_watch::WatchError::Entry { .. }) => {
+            EventKind::Problem(e) if e.is_entry() => {
                 self.obs.problem(service, &e);
                 self.counts.rejected += 1;
-                warn!(%service, rejected_total = self.counts.rejected, "{e}");
+                warn!(%service, rejected_total = self.counts.rejected, "{}", e.report());
             }
             EventKind::Problem(e) => {
                 self.obs.problem(service, &e);
-                warn!(%service, "{e}; the service keeps its current backends.");
+                warn!(%service, "{}; the service keeps its current backends.", e.report());
             }
             // The supervisor logs state changes itself.
             EventKind::Disconnected { .. } => self.obs.disconnected(service),
@@ -527,14 +508,9 @@ impl Daemon {
         };
         let old_services: BTreeSet<_> = self.loaded.services.keys().cloned().collect();
         let mut restarted = Vec::new();
-        let stale: Vec<ServiceName> = self
-            .watchers
-            .iter()
-            .filter(|(name, w)| new.services.get(*name).map(|s| &s.discovery) != Some(&w.discovery))
-            .map(|(name, _)| name.clone())
-            .collect();
+        let stale = self.watchers.changed_in(&new);
         for name in &stale {
-            self.watchers.remove(name);
+            self.watchers.stop(name);
         }
         // Events the stopped watchers sent before they stopped.
         while let Ok(ev) = self.rx.try_recv() {

@@ -5,6 +5,7 @@ mod commands;
 mod daemon;
 mod observe;
 mod statefile;
+mod watchers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

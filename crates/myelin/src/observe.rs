@@ -17,7 +17,7 @@ use myelin_admin::{
 use myelin_config::Loaded;
 use myelin_core::{Applied, DesiredState, ServiceName, Store};
 use myelin_output::FileOutput;
-use myelin_watch::WatchError;
+use myelin_source::SourceError;
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -72,7 +72,7 @@ struct Track {
 impl Track {
     fn new(loaded: &Loaded, name: &ServiceName) -> Self {
         let discovery = &loaded.services[name].discovery;
-        let supported = myelin_watch::sources(discovery).is_ok();
+        let supported = discovery.supported();
         Self {
             method: discovery.method(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
@@ -247,15 +247,15 @@ impl Observer {
     }
 
     /// A discovery source reported a problem.
-    pub fn problem(&mut self, service: &ServiceName, e: &WatchError) {
+    pub fn problem(&mut self, service: &ServiceName, e: &SourceError) {
         let Some(t) = self.services.get_mut(service) else { return };
-        if matches!(e, WatchError::Entry { .. }) {
+        if e.is_entry() {
             t.rejected += 1;
             self.metrics.rejected(service.as_str(), 1);
         } else {
             self.metrics.watcher_error(service.as_str());
         }
-        t.last_error = Some(e.to_string());
+        t.last_error = Some(e.report());
         self.publish();
     }
 

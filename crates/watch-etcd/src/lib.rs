@@ -17,7 +17,7 @@ pub mod registration;
 mod source;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use myelin_source::{Context, LabelFilter, Number, Partition, Seconds, SettingsProblem, SourceConfig};
@@ -35,7 +35,7 @@ pub const DEFAULT_TIMEOUT: f64 = 5.0;
 /// A service's etcd settings (`discovery: {method: etcd, ...}`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EtcdDiscovery {
+pub struct EtcdConfig {
     /// The members to ask, `http://host:port`, `https://host:port` or `host:port`; myelin talks
     /// to one at a time and fails over to the next.
     #[serde(default)]
@@ -153,7 +153,7 @@ pub struct Settings {
     pub timeout: Duration,
 }
 
-impl EtcdDiscovery {
+impl EtcdConfig {
     fn endpoint_texts(&self) -> Vec<(String, String)> {
         match &self.host {
             Some(h) => {
@@ -226,7 +226,7 @@ impl EtcdDiscovery {
     }
 }
 
-impl SourceConfig for EtcdDiscovery {
+impl SourceConfig for EtcdConfig {
     fn method(&self) -> &'static str {
         "etcd"
     }
@@ -239,19 +239,16 @@ impl SourceConfig for EtcdDiscovery {
         self.settings().err().unwrap_or_default()
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
-        if let Some(t) = &mut self.tls {
-            t.ca_file = myelin_source::resolve(base, &t.ca_file);
-            for p in [&mut t.cert_file, &mut t.key_file].into_iter().flatten() {
-                *p = myelin_source::resolve(base, p);
-            }
-        }
-    }
-
-    fn partitions(&self, _cx: &Context) -> Vec<Partition> {
+    fn partitions(&self, cx: &Context) -> Vec<Partition> {
         // `check` ran before: settings that do not pass it open nothing.
         match self.settings() {
-            Ok(settings) => {
+            Ok(mut settings) => {
+                if let Some(t) = &mut settings.tls {
+                    t.ca_file = cx.resolve(&t.ca_file);
+                    for p in [&mut t.cert_file, &mut t.key_file].into_iter().flatten() {
+                        *p = cx.resolve(p);
+                    }
+                }
                 let source = EtcdSource::new(settings);
                 vec![Partition::single(Box::new(move || source.open()))]
             }
@@ -263,8 +260,9 @@ impl SourceConfig for EtcdDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    fn parse(yaml: &str) -> EtcdDiscovery {
+    fn parse(yaml: &str) -> EtcdConfig {
         serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
     }
 
@@ -311,8 +309,8 @@ mod tests {
         assert_eq!(problems("{endpoints: [a], path: /s, timeout: 0}"), ["timeout: 0 is not from 0.1 to 3600 seconds"]);
         assert!(problems("{endpoints: [a], path: /s, user: root, password: pw, timeout: '2.5'}").is_empty());
         // Unknown keys are refused by serde.
-        assert!(serde_yaml_ng::from_str::<EtcdDiscovery>("{endpoints: [a], path: /s, prefix: /x}").is_err());
-        assert!(serde_yaml_ng::from_str::<EtcdDiscovery>("{endpoints: [a], path: /s, tls: {ca: /x}}").is_err());
+        assert!(serde_yaml_ng::from_str::<EtcdConfig>("{endpoints: [a], path: /s, prefix: /x}").is_err());
+        assert!(serde_yaml_ng::from_str::<EtcdConfig>("{endpoints: [a], path: /s, tls: {ca: /x}}").is_err());
     }
 
     #[test]
@@ -323,20 +321,11 @@ mod tests {
     }
 
     #[test]
-    fn relative_tls_paths_follow_the_config_file() {
-        let mut d = parse("{endpoints: [a], path: /s, tls: {ca_file: certs/ca.pem, cert_file: /abs/c.pem, key_file: k.pem}}");
-        d.resolve_paths(Path::new("/etc/myelin/myelin.yaml"));
-        let t = d.tls.unwrap();
-        assert_eq!(t.ca_file, Path::new("/etc/myelin/certs/ca.pem"));
-        assert_eq!(t.cert_file.unwrap(), Path::new("/abs/c.pem"));
-        assert_eq!(t.key_file.unwrap(), Path::new("/etc/myelin/k.pem"));
-    }
-
-    #[test]
     fn one_partition() {
         let d = parse("{endpoints: ['127.0.0.1:1'], path: /s}");
-        let cx = Context { service: myelin_source::ServiceName::parse("web").unwrap() };
+        let cx = Context { service: myelin_source::ServiceName::parse("web").unwrap(), config_file: "/etc/myelin/myelin.yaml".into() };
         assert_eq!(d.partitions(&cx).len(), 1);
         assert_eq!(d.method(), "etcd");
+        assert_eq!(cx.resolve(Path::new("certs/ca.pem")), Path::new("/etc/myelin/certs/ca.pem"));
     }
 }
