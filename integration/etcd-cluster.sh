@@ -4,6 +4,8 @@
 #
 #   etcd-cluster.sh start   start the members that are not running (a fresh cluster when none
 #                           is), wait until all are healthy; idempotent
+#   etcd-cluster.sh restart start the members that are not running with the data they have
+#                           (for tests that stopped members); idempotent
 #   etcd-cluster.sh stop    stop every member and remove the data
 #
 # Client ports 23791-23793, peer ports 23801-23803: below Linux's ephemeral range
@@ -15,7 +17,14 @@ members=(1 2 3)
 client_port() { echo $((23790 + $1)); }
 peer_port() { echo $((23800 + $1)); }
 
-running() { [ -f "$dir/m$1.pid" ] && kill -0 "$(cat "$dir/m$1.pid")" 2>/dev/null; }
+# Member $1 runs: its pid is an etcd process that is not a zombie (a killed member stays one
+# until init reaps it).
+running() {
+  local pid
+  [ -f "$dir/m$1.pid" ] || return 1
+  pid=$(cat "$dir/m$1.pid")
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = etcd ] && ! grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null
+}
 
 start_member() {
   local n=$1 cluster="" m
@@ -38,11 +47,11 @@ endpoints() {
 }
 
 case "${1:-}" in
-  start)
+  start | restart)
     command -v etcd >/dev/null || { echo "etcd is missing: run integration/install-deps.sh" >&2; exit 1; }
     any=
     for m in "${members[@]}"; do if running "$m"; then any=1; fi; done
-    if [ -z "$any" ]; then
+    if [ -z "$any" ] && [ "$1" = start ]; then
       # No member runs: whatever is left from before is stale.
       rm -rf "$dir"
     fi
@@ -50,8 +59,12 @@ case "${1:-}" in
     for m in "${members[@]}"; do running "$m" || start_member "$m"; done
     endpoints >"$dir/endpoints"
     eps=$(endpoints | paste -sd,)
-    for _ in $(seq 1 150); do
-      if ETCDCTL_API=3 etcdctl --endpoints "$eps" --command-timeout=1s endpoint health >/dev/null 2>&1; then
+    deadline=$((SECONDS + 30))
+    while [ $SECONDS -lt $deadline ]; do
+      # Every member answers, and one is the leader (`endpoint health` would fail while a test
+      # has authentication on).
+      if status=$(ETCDCTL_API=3 etcdctl --endpoints "$eps" --command-timeout=1s endpoint status 2>/dev/null) &&
+        [ "$(grep -c . <<<"$status")" = "${#members[@]}" ] && grep -q ', true, false, ' <<<"$status"; then
         echo "etcd cluster up: $eps"
         exit 0
       fi
@@ -72,7 +85,7 @@ case "${1:-}" in
     rm -rf "$dir"
     ;;
   *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start|restart|stop" >&2
     exit 2
     ;;
 esac

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod docker;
+pub mod etcd;
 
 /// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.
 pub fn myelin_bin() -> PathBuf {

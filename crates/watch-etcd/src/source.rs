@@ -7,8 +7,8 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, GetResponse, Wa
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use myelin_core::Update;
-use myelin_source::{SourceError, UpdateStream};
-use tracing::{debug, info, warn};
+use myelin_source::{Cause, SourceError, UpdateStream};
+use tracing::{debug, info};
 
 use crate::instances::{Instances, Rejected};
 use crate::{Endpoint, Settings};
@@ -85,18 +85,48 @@ fn origin(ep: &Endpoint) -> String {
 fn classify(ep: &Endpoint, what: &str, e: etcd_client::Error) -> SourceError {
     use etcd_client::Error as E;
     use tonic::Code;
+    let unreachable = |text: String| SourceError::Unreachable { origin: origin(ep), cause: Cause::msg(text) };
     match &e {
         E::GRpcStatus(s) => match s.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown if !is_auth(s.message()) => SourceError::unreachable(origin(ep), e),
             Code::Unauthenticated | Code::InvalidArgument if is_auth(s.message()) => {
                 SourceError::failed(origin(ep), format!("authentication failed: {}", s.message()))
             }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => unreachable(describe(s)),
             Code::PermissionDenied => SourceError::failed(origin(ep), format!("{what}: permission denied: {}", s.message())),
             _ => SourceError::failed(origin(ep), format!("{what}: {} ({:?})", s.message(), s.code())),
         },
         E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => SourceError::failed_with(origin(ep), what.to_owned(), e),
+        E::TransportError(t) => unreachable(chain(t)),
         _ => SourceError::unreachable(origin(ep), e),
     }
+}
+
+/// A gRPC status as an operator reads it: its message, then the causes under it (e.g.
+/// "tcp connect error: Connection refused (os error 111)"), without Debug dumps.
+fn describe(s: &tonic::Status) -> String {
+    let mut out = s.message().to_owned();
+    let mut next = std::error::Error::source(s);
+    while let Some(c) = next {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out = if out.is_empty() { t } else { format!("{out}: {t}") };
+        }
+        next = c.source();
+    }
+    out
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out = format!("{out}: {t}");
+        }
+        next = c.source();
+    }
+    out
 }
 
 fn is_auth(message: &str) -> bool {
@@ -226,7 +256,7 @@ impl Run {
 
     async fn reject(&mut self, ep: &Endpoint, r: Rejected) -> Result<(), Closed> {
         let key = String::from_utf8_lossy(&r.key).into_owned();
-        warn!(endpoint = %ep, key = ?key, reason = %r.error, "Skipping a malformed etcd registration.");
+        debug!(endpoint = %ep, key = ?key, reason = %r.error, "Skipping a malformed etcd registration.");
         self.send(Err(SourceError::entry(origin(ep), format!("key {key:?}"), r.error))).await
     }
 

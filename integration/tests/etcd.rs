@@ -1,0 +1,308 @@
+//! etcd discovery end to end: a real three-member etcd cluster (integration/etcd-cluster.sh),
+//! the real binary and real HAProxy, all on 127.0.0.1. Each test uses its own key prefix;
+//! tests that stop members or turn authentication on run alone and restore the cluster.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use myelin_integration::etcd::{Cluster, Etcd};
+use myelin_integration::{get, wait_for, Backend, Env, Proc};
+
+/// Generous: changes arrive in milliseconds (see `make bench`), the bound only keeps a broken
+/// build from hanging.
+const BOUND: Duration = Duration::from_secs(5);
+
+/// Nerve's JSON for a test backend.
+fn nerve(b: &Backend) -> String {
+    format!(r#"{{"host":"127.0.0.1","port":{},"name":"{}","weight":1,"labels":{{"az":"a"}}}}"#, b.port, b.name)
+}
+
+struct Running {
+    env: Env,
+    admin: u16,
+    prefix: String,
+    _haproxy: Proc,
+    myelin: Proc,
+}
+
+impl Running {
+    fn key(&self, id: &str) -> String {
+        format!("{}/{id}", self.prefix)
+    }
+
+    fn routed(&self) -> Vec<String> {
+        let mut v = self.env.routable_servers().unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Wait until HAProxy routes exactly `names`.
+    fn converges(&self, names: &[&str]) -> bool {
+        let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_for(BOUND, || self.routed() == want).is_some()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (_, body) = get(self.admin, "/status").unwrap_or((0, "{}".into()));
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+
+    fn reloads(&self) -> u32 {
+        self.env.reloads().unwrap_or_else(|e| panic!("{e}: {}", self.myelin.log()))
+    }
+}
+
+/// Register `initial` under a fresh prefix, start HAProxy and myelin (runtime API, admin
+/// listener) on `endpoints`, and wait until they are routed.
+fn running(cluster: &Cluster, test: &str, etcd: &mut Etcd, initial: &[&Backend], raw: &[(&str, &str)]) -> Running {
+    let prefix = format!("/myelin-test/{test}-{}", std::process::id());
+    etcd.delete_prefix(&format!("{prefix}/")).unwrap();
+    for b in initial {
+        etcd.put(&format!("{prefix}/{}", b.name), &nerve(b)).unwrap();
+    }
+    for (id, value) in raw {
+        etcd.put(&format!("{prefix}/{id}"), value).unwrap();
+    }
+    let env = Env::new();
+    let admin = myelin_integration::free_port();
+    let discovery = format!("      method: etcd\n      endpoints: {}\n      path: {prefix}\n", cluster.yaml_endpoints());
+    let extra = format!("{}  drain_timeout: 1\nadmin:\n  bind: {admin}\n", env.runtime_extra());
+    let cfg = env.write_config_with(&discovery, "", &extra);
+    let (_haproxy, myelin) = env.start(&cfg).unwrap();
+    let r = Running { env, admin, prefix, _haproxy, myelin };
+    let names: Vec<&str> = initial.iter().map(|b| b.name.as_str()).collect();
+    assert!(r.converges(&names), "initial set not routed: {:?}\n{}", r.routed(), r.myelin.log());
+    // HAProxy started with what `myelin render` read; wait for the daemon's own watch.
+    assert!(wait_for(BOUND, || r.status()["services"]["web"]["watcher"] == "synced").is_some(), "{}", r.status());
+    r
+}
+
+#[test]
+fn put_delete_and_lease_expiry_without_a_reload() {
+    let cluster = Cluster::get();
+    let _g = cluster.shared();
+    let mut etcd = cluster.client().unwrap();
+    let (a, b, c, d) = (Backend::start("a"), Backend::start("b"), Backend::start("c"), Backend::start("d"));
+    let r = running(cluster, "put-delete", &mut etcd, &[&a, &b], &[]);
+    let reloads = r.reloads();
+
+    etcd.put(&r.key("c"), &nerve(&c)).unwrap();
+    assert!(r.converges(&["a", "b", "c"]), "{:?}\n{}", r.routed(), r.myelin.log());
+    etcd.delete(&r.key("a")).unwrap();
+    assert!(r.converges(&["b", "c"]), "{:?}\n{}", r.routed(), r.myelin.log());
+    // A plain host:port value (no name: the server is called host:port).
+    etcd.put(&r.key("plain"), &format!("127.0.0.1:{}", d.port)).unwrap();
+    let plain = format!("127.0.0.1:{}", d.port);
+    assert!(r.converges(&["b", "c", &plain]), "{:?}\n{}", r.routed(), r.myelin.log());
+    etcd.delete(&r.key("plain")).unwrap();
+    // Registered with a lease nobody keeps alive: routed, then gone when it expires.
+    let lease = etcd.lease(2).unwrap();
+    etcd.put_with_lease(&r.key("d"), &nerve(&d), lease).unwrap();
+    assert!(r.converges(&["b", "c", "d"]), "{:?}\n{}", r.routed(), r.myelin.log());
+    assert!(wait_for(Duration::from_secs(10), || r.routed() == ["b", "c"]).is_some(), "lease expiry: {:?}\n{}", r.routed(), r.myelin.log());
+    // Traffic reaches what is routed.
+    let (seen, failed) = myelin_integration::spray(r.env.frontend_port, 20);
+    assert_eq!(failed, 0);
+    assert!(seen.iter().all(|s| s == "b" || s == "c"), "{seen:?}");
+    assert_eq!(r.reloads(), reloads, "membership changes reloaded HAProxy");
+    let s = r.status();
+    assert_eq!(s["services"]["web"]["watcher"], "synced", "{s}");
+    assert_eq!(s["services"]["web"]["method"], "etcd", "{s}");
+}
+
+#[test]
+fn malformed_values_are_skipped_and_logged_the_rest_routed() {
+    let cluster = Cluster::get();
+    let _g = cluster.shared();
+    let mut etcd = cluster.client().unwrap();
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    // Present before myelin starts: the first read skips it.
+    let mut r = running(cluster, "malformed", &mut etcd, &[&a], &[("garbage", "not a registration")]);
+    assert!(wait_for(BOUND, || r.myelin.log().contains("garbage")).is_some(), "the bad key is not named: {}", r.myelin.log());
+    // Arriving later: skipped, the rest still follows.
+    etcd.put(&r.key("broken-json"), r#"{"host":"127.0.0.1","port":"#).unwrap();
+    etcd.put(&r.key("b"), &nerve(&b)).unwrap();
+    assert!(r.converges(&["a", "b"]), "{:?}\n{}", r.routed(), r.myelin.log());
+    assert!(wait_for(BOUND, || r.myelin.log().contains("broken-json")).is_some(), "{}", r.myelin.log());
+    // A registration that turns malformed stops being routed; the others stay.
+    etcd.put(&r.key("a"), "{}").unwrap();
+    assert!(r.converges(&["b"]), "{:?}\n{}", r.routed(), r.myelin.log());
+    let s = r.status();
+    let last = s["services"]["web"]["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(last.contains(&r.key("a")) && last.contains("`host` is required"), "{s}");
+    assert!(r.myelin.is_running(), "malformed values stopped myelin");
+}
+
+#[test]
+fn compaction_past_the_watch_revision_reads_again_without_missing_a_change() {
+    let cluster = Cluster::get();
+    let _g = cluster.shared();
+    let mut etcd = cluster.client().unwrap();
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let r = running(cluster, "compaction", &mut etcd, &[&a, &b], &[]);
+    // myelin stops reading (SIGSTOP): etcd buffers its watch events until the watch falls
+    // behind; then the changes and the history are compacted away.
+    r.myelin.signal("STOP");
+    etcd.delete(&r.key("a")).unwrap();
+    etcd.put(&r.key("c"), &nerve(&c)).unwrap();
+    // Fill the watch: 500 puts of a 60 kB registration (30 MB, more than the connection's
+    // windows and socket buffers hold), then gone again.
+    let pad = "x".repeat(60_000);
+    let filler = format!(r#"{{"host":"127.0.0.1","port":{},"name":"filler","pad":"{pad}"}}"#, c.port);
+    etcd.put_many((0..500).map(|_| (r.key("filler"), filler.clone())).collect()).unwrap();
+    etcd.delete(&r.key("filler")).unwrap();
+    let rev = etcd.revision().unwrap();
+    etcd.compact(rev).unwrap();
+    r.myelin.signal("CONT");
+    assert!(r.converges(&["b", "c"]), "{:?}\n{}", r.routed(), r.myelin.log());
+    assert!(
+        wait_for(BOUND, || r.myelin.log().contains("compacted past the watch revision")).is_some(),
+        "the watch was not compacted: {}",
+        r.myelin.log()
+    );
+    // And it follows on from the new revision.
+    etcd.put(&r.key("a"), &nerve(&a)).unwrap();
+    assert!(r.converges(&["a", "b", "c"]), "{:?}\n{}", r.routed(), r.myelin.log());
+}
+
+/// Member 1, the one myelin talks to first, is killed: myelin moves to another member and
+/// what changed meanwhile arrives.
+#[test]
+fn the_member_in_use_is_killed_myelin_fails_over() {
+    let cluster = Cluster::get();
+    let _g = cluster.exclusive();
+    let mut etcd = cluster.client().unwrap();
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let r = running(cluster, "failover", &mut etcd, &[&a, &b], &[]);
+    let reloads = r.reloads();
+    let used = cluster.connected_member(r.myelin.pid());
+    assert_eq!(used, Some(1), "myelin should talk to the first endpoint");
+    let result = (|| -> Result<()> {
+        cluster.kill(1)?;
+        // Changes while myelin reconnects, through the surviving members.
+        let mut rest = Etcd::connect(&cluster.endpoints[1..], None)?;
+        rest.delete(&r.key("a"))?;
+        rest.put(&r.key("c"), &nerve(&c))?;
+        anyhow::ensure!(r.converges(&["b", "c"]), "{:?}\n{}", r.routed(), r.myelin.log());
+        let now = cluster.connected_member(r.myelin.pid());
+        anyhow::ensure!(matches!(now, Some(2 | 3)), "myelin is connected to {now:?}");
+        // And it keeps following there.
+        rest.put(&r.key("a"), &nerve(&a))?;
+        anyhow::ensure!(r.converges(&["a", "b", "c"]), "{:?}\n{}", r.routed(), r.myelin.log());
+        Ok(())
+    })();
+    cluster.restore().unwrap();
+    result.unwrap();
+    assert_eq!(r.reloads(), reloads);
+}
+
+/// Every member stopped: HAProxy keeps every backend and /status says what is wrong; the
+/// cluster back with keys changed: myelin converges.
+#[test]
+fn all_members_down_keeps_the_backends_then_converges() {
+    let cluster = Cluster::get();
+    let _g = cluster.exclusive();
+    let mut etcd = cluster.client().unwrap();
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let r = running(cluster, "outage", &mut etcd, &[&a, &b], &[]);
+    drop(etcd);
+    let result = (|| -> Result<()> {
+        for n in 1..=3 {
+            cluster.kill(n)?;
+        }
+        let disconnected = || r.status()["services"]["web"]["watcher"] == "disconnected";
+        anyhow::ensure!(wait_for(BOUND, disconnected).is_some(), "{}", r.status());
+        // Down for a while (several reopenings): nothing changes in HAProxy.
+        std::thread::sleep(Duration::from_secs(3));
+        anyhow::ensure!(r.routed() == ["a", "b"], "backends lost while etcd is down: {:?}", r.routed());
+        let (_, failed) = myelin_integration::spray(r.env.frontend_port, 10);
+        anyhow::ensure!(failed == 0, "{failed} requests failed while etcd was down");
+        let s = r.status();
+        let last = s["services"]["web"]["last_error"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(last.contains("etcd") && (last.contains("no member answered") || last.contains("unreachable")), "{s}");
+        // Back, and changed at once (before myelin's next attempt, which backs off).
+        cluster.restore()?;
+        let mut etcd = cluster.client()?;
+        etcd.delete(&r.key("a"))?;
+        etcd.put(&r.key("c"), &nerve(&c))?;
+        anyhow::ensure!(wait_for(Duration::from_secs(20), || r.routed() == ["b", "c"]).is_some(), "{:?}\n{}", r.routed(), r.myelin.log());
+        anyhow::ensure!(r.myelin.log().contains("etcd reachable again"), "{}", r.myelin.log());
+        Ok(())
+    })();
+    cluster.restore().unwrap();
+    result.unwrap();
+}
+
+/// Authentication on: myelin with the right password routes; after the password changes and
+/// myelin has to reconnect, the error is clear and the backends stay.
+#[test]
+fn authentication_and_a_wrong_password() {
+    let cluster = Cluster::get();
+    let _g = cluster.exclusive();
+    let eps = &cluster.endpoints;
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut etcd = cluster.client().unwrap();
+    let prefix = format!("/myelin-test/auth-{}", std::process::id());
+    etcd.put(&format!("{prefix}/a"), &nerve(&a)).unwrap();
+    etcd.put(&format!("{prefix}/b"), &nerve(&b)).unwrap();
+    Etcd::etcdctl(eps, &["user", "add", "root:first-pw"]).unwrap();
+    Etcd::etcdctl(eps, &["user", "grant-role", "root", "root"]).unwrap();
+    Etcd::etcdctl(eps, &["auth", "enable"]).unwrap();
+    let result = (|| -> Result<()> {
+        let env = Env::new();
+        let admin = myelin_integration::free_port();
+        let discovery = format!("      method: etcd\n      endpoints: {}\n      path: {prefix}\n      user: root\n      password: first-pw\n", cluster.yaml_endpoints());
+        let extra = format!("{}admin:\n  bind: {admin}\n", env.runtime_extra());
+        let cfg = env.write_config_with(&discovery, "", &extra);
+        let (_h, myelin) = env.start(&cfg)?;
+        let routed = || {
+            let mut v = env.routable_servers().unwrap_or_default();
+            v.sort();
+            v
+        };
+        anyhow::ensure!(wait_for(BOUND, || routed() == ["a", "b"]).is_some(), "{:?}\n{}", routed(), myelin.log());
+        // The password changes; myelin's connection breaks (its member is killed), and it
+        // must authenticate again.
+        // (etcdctl reads the new password from stdin with --interactive=false.)
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo second-pw | ETCDCTL_API=3 etcdctl --endpoints {} --user root:first-pw user passwd root --interactive=false", eps.join(",")))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let member = cluster.connected_member(myelin.pid()).unwrap_or(1);
+        cluster.kill(member)?;
+        let status = || -> serde_json::Value { get(admin, "/status").ok().and_then(|(_, b)| serde_json::from_str(&b).ok()).unwrap_or_default() };
+        let auth_error = || status()["services"]["web"]["last_error"].as_str().is_some_and(|e| e.contains("authentication failed"));
+        anyhow::ensure!(wait_for(Duration::from_secs(10), auth_error).is_some(), "{}\n{}", status(), myelin.log());
+        anyhow::ensure!(myelin.log().contains("authentication failed"), "{}", myelin.log());
+        std::thread::sleep(Duration::from_secs(1));
+        anyhow::ensure!(routed() == ["a", "b"], "backends lost on an authentication failure: {:?}", routed());
+        let (_, failed) = myelin_integration::spray(env.frontend_port, 10);
+        anyhow::ensure!(failed == 0);
+        Ok(())
+    })();
+    cluster.restore().unwrap();
+    let off = Etcd::etcdctl(eps, &["--user", "root:second-pw", "auth", "disable"]).or_else(|_| Etcd::etcdctl(eps, &["--user", "root:first-pw", "auth", "disable"]));
+    let _ = Etcd::etcdctl(eps, &["user", "delete", "root"]);
+    off.unwrap();
+    result.unwrap();
+}
+
+#[test]
+fn synapse_host_and_port_form() {
+    let cluster = Cluster::get();
+    let _g = cluster.shared();
+    let mut etcd = cluster.client().unwrap();
+    let a = Backend::start("a");
+    let prefix = format!("/myelin-test/synapse-{}", std::process::id());
+    etcd.put(&format!("{prefix}/a"), &nerve(&a)).unwrap();
+    let env = Env::new();
+    let (host, port) = cluster.endpoints[1].trim_start_matches("http://").rsplit_once(':').unwrap();
+    let discovery = format!("      method: etcd\n      host: {host}\n      port: {port}\n      path: {prefix}\n");
+    let cfg = env.write_config_with(&discovery, "", &env.runtime_extra());
+    let (code, out, err) = env.myelin_once(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_h, myelin) = env.start(&cfg).unwrap();
+    assert!(wait_for(BOUND, || env.routable_servers().unwrap_or_default() == ["a"]).is_some(), "{}", myelin.log());
+}
