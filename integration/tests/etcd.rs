@@ -234,6 +234,33 @@ fn all_members_down_keeps_the_backends_then_converges() {
     result.unwrap();
 }
 
+/// The member in use loses its quorum (the two others killed): it has no leader, refuses to
+/// serve, and HAProxy keeps every backend; with the quorum back, changes arrive.
+#[test]
+fn no_quorum_keeps_the_backends() {
+    let cluster = Cluster::get();
+    let _g = cluster.exclusive();
+    let mut etcd = cluster.client().unwrap();
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let r = running(cluster, "quorum", &mut etcd, &[&a, &b], &[]);
+    drop(etcd);
+    let result = (|| -> Result<()> {
+        anyhow::ensure!(cluster.connected_member(r.myelin.pid()) == Some(1));
+        cluster.kill(2)?;
+        cluster.kill(3)?;
+        let no_leader = || r.status()["services"]["web"]["last_error"].as_str().is_some_and(|e| e.contains("no leader"));
+        anyhow::ensure!(wait_for(Duration::from_secs(10), no_leader).is_some(), "{}\n{}", r.status(), r.myelin.log());
+        anyhow::ensure!(r.routed() == ["a", "b"], "backends lost without quorum: {:?}", r.routed());
+        cluster.restore()?;
+        let mut etcd = cluster.client()?;
+        etcd.put(&r.key("c"), &nerve(&c))?;
+        anyhow::ensure!(wait_for(Duration::from_secs(20), || r.routed() == ["a", "b", "c"]).is_some(), "{:?}\n{}", r.routed(), r.myelin.log());
+        Ok(())
+    })();
+    cluster.restore().unwrap();
+    result.unwrap();
+}
+
 /// Authentication on: myelin with the right password routes; after the password changes and
 /// myelin has to reconnect, the error is clear and the backends stay.
 #[test]
@@ -276,6 +303,7 @@ fn authentication_and_a_wrong_password() {
         let auth_error = || status()["services"]["web"]["last_error"].as_str().is_some_and(|e| e.contains("authentication failed"));
         anyhow::ensure!(wait_for(Duration::from_secs(10), auth_error).is_some(), "{}\n{}", status(), myelin.log());
         anyhow::ensure!(myelin.log().contains("authentication failed"), "{}", myelin.log());
+        eprintln!("status after the password change: {}", status()["services"]["web"]["last_error"]);
         std::thread::sleep(Duration::from_secs(1));
         anyhow::ensure!(routed() == ["a", "b"], "backends lost on an authentication failure: {:?}", routed());
         let (_, failed) = myelin_integration::spray(env.frontend_port, 10);
