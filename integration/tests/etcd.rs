@@ -334,3 +334,142 @@ fn synapse_host_and_port_form() {
     let (_h, myelin) = env.start(&cfg).unwrap();
     assert!(wait_for(BOUND, || env.routable_servers().unwrap_or_default() == ["a"]).is_some(), "{}", myelin.log());
 }
+
+/// TLS with client certificates, on a single-member etcd of this test's own (the suite's
+/// cluster stays plain): myelin reads and follows through TLS; without a client certificate the
+/// member refuses it, with a clear error.
+#[test]
+fn tls_with_client_certificates() {
+    let env = Env::new();
+    let dir = env.path("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=myelin etcd test CA' -keyout ca-key.pem -out ca.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj '/CN=127.0.0.1' -keyout server-key.pem -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile server.ext -out server.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj '/CN=myelin' -keyout client-key.pem -out client.csr 2>/dev/null
+        printf 'extendedKeyUsage=clientAuth\\n' >client.ext
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile client.ext -out client.pem 2>/dev/null");
+    let (client_port, peer_port) = (
+        myelin_integration::free_port(),
+        myelin_integration::free_port(),
+    );
+    let url = format!("https://127.0.0.1:{client_port}");
+    let log = std::fs::File::create(env.path("etcd-tls.log")).unwrap();
+    let child = std::process::Command::new("etcd")
+        .args(["--name", "tls", "--data-dir"])
+        .arg(env.path("etcd-tls.data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+        ])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("tls=http://127.0.0.1:{peer_port}"),
+        ])
+        .arg("--cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--key-file")
+        .arg(dir.join("server-key.pem"))
+        .arg("--trusted-ca-file")
+        .arg(dir.join("ca.pem"))
+        .args(["--client-cert-auth", "--logger", "zap"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _etcd = Proc {
+        child,
+        log: env.path("etcd-tls.log"),
+    };
+    let etcdctl = |args: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ETCDCTL_API=3 etcdctl --endpoints {url} --cacert ca.pem --cert client.pem --key client-key.pem --command-timeout=2s {args}"))
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || etcdctl("endpoint health")
+            .status
+            .success())
+        .is_some(),
+        "{}",
+        _etcd.log()
+    );
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    assert!(etcdctl(&format!("put /tls/web/a '{}'", nerve(&a)))
+        .status
+        .success());
+
+    let discovery = format!(
+        "      method: etcd\n      endpoints: [{url}]\n      path: /tls/web\n      tls:\n        ca_file: tls/ca.pem\n        cert_file: tls/client.pem\n        key_file: tls/client-key.pem\n"
+    );
+    let cfg = env.write_config_with(&discovery, "", &env.runtime_extra());
+    let (_h, myelin) = env.start(&cfg).unwrap();
+    let routed = || {
+        let mut v = env.routable_servers().unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(
+        wait_for(BOUND, || routed() == ["a"]).is_some(),
+        "{:?}\n{}",
+        routed(),
+        myelin.log()
+    );
+    assert!(etcdctl(&format!("put /tls/web/b '{}'", nerve(&b)))
+        .status
+        .success());
+    assert!(
+        wait_for(BOUND, || routed() == ["a", "b"]).is_some(),
+        "{:?}\n{}",
+        routed(),
+        myelin.log()
+    );
+
+    // Without the client certificate: refused, and `render` says so.
+    let env2 = Env::new();
+    std::fs::create_dir_all(env2.path("tls")).unwrap();
+    std::fs::copy(dir.join("ca.pem"), env2.path("tls/ca.pem")).unwrap();
+    let discovery = format!("      method: etcd\n      endpoints: [{url}]\n      path: /tls/web\n      tls: {{ca_file: tls/ca.pem}}\n      timeout: 2\n");
+    let cfg2 = env2.write_config_with(&discovery, "", "");
+    let (_code, out, err) = env2.myelin_once(&["render", "-c", cfg2.to_str().unwrap()]);
+    assert!(
+        !out.contains("server a "),
+        "rendered without a client certificate: {out}"
+    );
+    assert!(err.contains(&format!("etcd {url}")), "{err}");
+    eprintln!(
+        "render without a client certificate: {}",
+        err.lines()
+            .filter(|l| l.contains("etcd"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+}
