@@ -36,6 +36,12 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  # --- etcd (issue 10) --- The tests run their own cluster; Debian's etcd service (2379/2380)
+  # would start at the next boot: disable it when this script installed it.
+  if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+  # --- end etcd ---
 fi
 # The tests start their own HAProxy; the packaged service is not needed.
 haproxy -v | sed -n 1p   # sed reads it all: `head` could end the pipe early (SIGPIPE under pipefail)

@@ -17,6 +17,9 @@ use crate::{Endpoint, Settings};
 /// a stopped process). etcd refuses pings more often than every 5 s by default.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest read or watch response accepted (gRPC's default, 4 MiB, is a prefix of about
+/// 20,000 instances).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// The source of one service's prefix. Each [`open`](Self::open) is one connection; the source
 /// remembers across openings which member to try first and the highest revision it has seen.
@@ -239,7 +242,7 @@ impl Run {
     }
 
     async fn get(&self, client: &Client, ep: &Endpoint, serializable: bool) -> Result<GetResponse, SourceError> {
-        let mut kv = client.kv_client();
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         let mut opts = GetOptions::new().with_prefix();
         if serializable {
             opts = opts.with_serializable();
@@ -291,7 +294,7 @@ impl Run {
             self.send(Ok(Update::Reset(all))).await?;
 
             let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1).with_progress_notify();
-            let watch = tokio::time::timeout(self.settings.timeout, client.watch(self.settings.prefix.as_bytes(), Some(opts))).await;
+            let watch = tokio::time::timeout(self.settings.timeout, client.watch_client().max_decoding_message_size(MAX_MESSAGE).watch(self.settings.prefix.as_bytes(), Some(opts))).await;
             let mut stream = match watch {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Err(End::Failed(classify(ep, "watching", e))),
