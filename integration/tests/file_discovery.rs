@@ -71,6 +71,9 @@ fn malformed_entries_are_rejected_and_the_rest_keep_serving() {
     }
     let log = myelin.log();
     assert!(log.contains("Rejected a discovery record") && log.contains("server=huge"), "{log}");
+    // The hostile name is logged escaped: it cannot start a line of its own.
+    assert!(log.contains("evil\\n  server injected"), "{log}");
+    assert!(!log.lines().any(|l| l.trim_start().starts_with("server injected")), "{log}");
     assert!(log.contains("unknown field `prot`"), "{log}");
 
     // A file that does not parse at all keeps the previous backends.
@@ -166,4 +169,28 @@ fn the_tutorial_synapse_config_checks_with_real_haproxy() {
     let (code, rendered, err) = env.myelin_once(&["render", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(rendered.contains("    timeout connect 5000\n") && rendered.contains("frontend nodesrv\n") && rendered.contains("    option httpchk /\n"), "{rendered}");
+}
+
+/// A source that never syncs (here: its directory is gone, so it cannot even be watched) must
+/// not empty a backend HAProxy serves, not even once the start-up timeout has passed.
+#[test]
+fn a_source_that_never_syncs_keeps_what_haproxy_runs() {
+    let env = Env::new();
+    let a = Backend::start("alpha");
+    let sub = env.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("backends.yaml"), a.entry()).unwrap();
+    let discovery = format!("      method: file\n      path: {}\n", sub.join("backends.yaml").display());
+    let cfg = env.write_config_with(&discovery, "", "");
+    let _haproxy = env.start_haproxy(&cfg).unwrap();
+    assert_eq!(get(env.frontend_port, "/").unwrap(), (200, "alpha".to_string()));
+
+    std::fs::remove_dir_all(&sub).unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    // Past the 10 s start-up timeout, the first apply has happened.
+    assert!(wait_for(Duration::from_secs(20), || myelin.log().contains("already up to date") || myelin.log().contains("Installed")).is_some(), "{}", myelin.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let (seen, failed) = spray(env.frontend_port, 10);
+    assert_eq!((seen.into_iter().collect::<Vec<_>>(), failed), (vec!["alpha".to_string()], 0), "{}", myelin.log());
+    assert!(std::fs::read_to_string(env.haproxy_cfg()).unwrap().contains(&format!("127.0.0.1:{}", a.port)));
 }

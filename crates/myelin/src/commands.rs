@@ -55,6 +55,23 @@ pub fn writer(l: &Loaded) -> Writer {
     }
 }
 
+/// How the daemon drives HAProxy, from the `haproxy` section.
+pub fn driver_settings(l: &Loaded) -> myelin_haproxy::DriverSettings {
+    let h = &l.haproxy;
+    myelin_haproxy::DriverSettings {
+        writer: writer(l),
+        do_reloads: h.do_reloads,
+        reload_command: h.reload_command.as_ref().map(|c| c.argv()),
+        restart_interval: h.restart_interval,
+        restart_jitter: h.restart_jitter,
+        socket: h.socket_file_path.clone().filter(|_| h.do_socket),
+        master_socket: h.master_socket_path.clone(),
+        drain_timeout: h.drain_timeout,
+        server_state_file: h.server_state_file.clone(),
+        verify_interval: h.verify_interval,
+    }
+}
+
 fn haproxy_installed() -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("haproxy").is_file()))

@@ -3,6 +3,8 @@
 
 mod commands;
 mod daemon;
+mod logwriter;
+mod notify;
 mod observe;
 mod statefile;
 mod watchers;
@@ -99,12 +101,13 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MYELIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let journal = matches!(format, LogFormat::Auto) && stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal() && !journal;
+    // Untrusted text (names, payloads) reaches log lines: every control character in a line is
+    // escaped, so a discovery record cannot forge lines (see logwriter).
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logwriter::Escaping { ansi }).with_ansi(ansi);
     match format {
-        LogFormat::Auto if stderr_is_journal() => builder.with_ansi(false).without_time().init(),
+        LogFormat::Auto if journal => builder.without_time().init(),
         LogFormat::Auto | LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }

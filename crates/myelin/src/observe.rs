@@ -15,45 +15,37 @@ use myelin_admin::{
     timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceStatus, Snapshot, WatcherState,
 };
 use myelin_config::Loaded;
-use myelin_core::{Applied, DesiredState, ServiceName, Store};
+use myelin_core::{Applied, DesiredState, Scope, ServiceName, Store};
+use myelin_haproxy::{Outcome as HaOutcome, Report};
 use myelin_output::FileOutput;
 use myelin_source::SourceError;
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
+
+use crate::notify::Notifier;
 
 /// If no apply has succeeded by then, systemd is told `READY=1` anyway (with a `STATUS=` that
 /// says why), so that a broken HAProxy does not turn into a start-up timeout and a restart loop.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What an apply came to, for the status and the metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    Installed,
-    Unchanged,
-    NotWritten,
-    Rejected(String),
-    Failed(String),
+/// The metric and status word of an outcome.
+fn word(o: &HaOutcome) -> &'static str {
+    match o {
+        HaOutcome::Installed => "installed",
+        HaOutcome::Unchanged => "unchanged",
+        HaOutcome::NotWritten => "not_written",
+        HaOutcome::Rejected(_) => "rejected",
+        HaOutcome::Failed(_) => "failed",
+    }
 }
 
-impl ApplyOutcome {
-    fn word(&self) -> &'static str {
-        match self {
-            Self::Installed => "installed",
-            Self::Unchanged => "unchanged",
-            Self::NotWritten => "not_written",
-            Self::Rejected(_) => "rejected",
-            Self::Failed(_) => "failed",
-        }
-    }
-
-    fn error(&self) -> Option<String> {
-        match self {
-            Self::Rejected(e) | Self::Failed(e) => Some(e.clone()),
-            _ => None,
-        }
+fn error_of(o: &HaOutcome) -> Option<String> {
+    match o {
+        HaOutcome::Rejected(e) | HaOutcome::Failed(e) => Some(e.clone()),
+        HaOutcome::Installed | HaOutcome::Unchanged | HaOutcome::NotWritten => None,
     }
 }
 
@@ -61,15 +53,36 @@ struct Track {
     method: &'static str,
     watcher: WatcherState,
     ever_synced: bool,
-    backends: Vec<BackendStatus>,
+    backends: Arc<Vec<BackendStatus>>,
     last_update: Option<String>,
     last_error: Option<String>,
     last_apply: Option<Outcome>,
     rejected: u64,
     reconnects: u64,
+    /// The published status, rebuilt only when something above changed (`stale`).
+    status: Option<Arc<ServiceStatus>>,
+    stale: bool,
 }
 
 impl Track {
+    fn status(&mut self) -> Arc<ServiceStatus> {
+        if self.stale || self.status.is_none() {
+            self.stale = false;
+            self.status = Some(Arc::new(ServiceStatus {
+                method: self.method.to_owned(),
+                watcher: self.watcher,
+                synced: self.ever_synced,
+                backends: self.backends.clone(),
+                last_update: self.last_update.clone(),
+                last_error: self.last_error.clone(),
+                last_apply: self.last_apply.clone(),
+                rejected: self.rejected,
+                reconnects: self.reconnects,
+            }));
+        }
+        self.status.clone().expect("just set")
+    }
+
     fn new(loaded: &Loaded, name: &ServiceName) -> Self {
         let discovery = &loaded.services[name].discovery;
         let supported = discovery.supported();
@@ -77,35 +90,14 @@ impl Track {
             method: discovery.method(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
             ever_synced: !supported,
-            backends: Vec::new(),
+            backends: Arc::default(),
             last_update: None,
             last_error: None,
             last_apply: None,
             rejected: 0,
             reconnects: 0,
-        }
-    }
-}
-
-/// systemd's notification socket (`NOTIFY_SOCKET`); every call is a no-op without one.
-struct Notifier {
-    watchdog: Option<Duration>,
-    next_ping: Option<Instant>,
-}
-
-impl Notifier {
-    fn from_env() -> Self {
-        let watchdog = watchdog_usec(std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok(), std::process::id())
-            .map(|usec| Duration::from_micros(usec) / 2);
-        if let Some(w) = watchdog {
-            info!(ping_every_ms = w.as_millis() as u64, "systemd watchdog is on.");
-        }
-        Self { watchdog, next_ping: watchdog.map(|w| Instant::now() + w) }
-    }
-
-    fn send(&self, states: &[NotifyState]) {
-        if let Err(e) = sd_notify::notify(false, states) {
-            debug!("cannot notify systemd: {e}");
+            status: None,
+            stale: true,
         }
     }
 }
@@ -119,6 +111,8 @@ pub struct Observer {
     haproxy_path: String,
     last_apply: Option<Outcome>,
     last_reload: Option<Outcome>,
+    /// Services whose last apply failed: they show the next outcome whatever it touches.
+    failed: std::collections::BTreeSet<ServiceName>,
     started_at: String,
     /// The first discovery change not yet carried by an installed haproxy.cfg.
     first_change: Option<Instant>,
@@ -126,6 +120,8 @@ pub struct Observer {
     ready_sent: bool,
     ready_deadline: Instant,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    /// A change not published yet.
+    unpublished: bool,
     file_output: Option<FileOutput>,
     file_output_last: Option<Outcome>,
 }
@@ -153,12 +149,14 @@ impl Observer {
             haproxy_path: String::new(),
             last_apply: None,
             last_reload: None,
+            failed: Default::default(),
             started_at: timestamp(SystemTime::now()),
             first_change: None,
             notifier: Notifier::from_env(),
             ready_sent: false,
             ready_deadline: Instant::now() + READY_TIMEOUT,
             admin: None,
+            unpublished: true,
             file_output: None,
             file_output_last: None,
         };
@@ -201,6 +199,7 @@ impl Observer {
                 self.services.insert(name.clone(), Track::new(loaded, name));
             } else if restarted.contains(name) {
                 let t = self.services.get_mut(name).expect("present");
+                t.stale = true;
                 let fresh = Track::new(loaded, name);
                 t.method = fresh.method;
                 t.watcher = fresh.watcher;
@@ -230,6 +229,7 @@ impl Observer {
     /// A discovery update reached the store.
     pub fn update(&mut self, service: &ServiceName, applied: &Applied) {
         let Some(t) = self.services.get_mut(service) else { return };
+        t.stale = true;
         t.watcher = WatcherState::Synced;
         let first_sync = !t.ever_synced;
         t.ever_synced = true;
@@ -249,6 +249,7 @@ impl Observer {
     /// A discovery source reported a problem.
     pub fn problem(&mut self, service: &ServiceName, e: &SourceError) {
         let Some(t) = self.services.get_mut(service) else { return };
+        t.stale = true;
         if e.is_entry() {
             t.rejected += 1;
             self.metrics.rejected(service.as_str(), 1);
@@ -261,27 +262,48 @@ impl Observer {
 
     pub fn disconnected(&mut self, service: &ServiceName) {
         let Some(t) = self.services.get_mut(service) else { return };
+        t.stale = true;
         t.watcher = if t.watcher == WatcherState::Synced { WatcherState::Disconnected } else { t.watcher };
         t.reconnects += 1;
         self.metrics.watcher_reconnect(service.as_str());
         self.publish();
     }
 
-    /// An apply ran: `desired` was rendered (compared with `before`, the previous one).
-    pub fn applied(&mut self, before: &DesiredState, desired: &DesiredState, store: &Store, outcome: &ApplyOutcome) {
-        let o = Outcome::now(outcome.word(), outcome.error());
-        self.metrics.apply(outcome.word());
+    /// The driver was handed `desired` and did what `report` says. `file_output` follows the
+    /// desired state whatever HAProxy made of it, as Synapse's does: it tells other consumers
+    /// what discovery found, and a config HAProxy refused (e.g. for an `errorfile` missing)
+    /// says nothing about the backends. `READY=1` is sent once HAProxy runs the config
+    /// (verified through the master CLI when there is one).
+    pub fn applied(&mut self, desired: &DesiredState, store: &Store, scope: &Scope, report: &Report) {
+        self.runtime_commands(report.runtime_commands, report.runtime_error.is_some());
+        if let Some(result) = &report.reload {
+            self.reloaded(result.clone());
+        }
+        let Some(outcome) = &report.outcome else { return };
+        let o = Outcome::now(word(outcome), error_of(outcome));
+        self.metrics.apply(word(outcome));
         let first = self.last_apply.is_none();
+        // Only the services this apply changed (or that still show a failed apply) are
+        // touched: the cost follows the change.
+        let failed_before: Vec<ServiceName> = self.failed.iter().cloned().collect();
+        let mut routed = BTreeMap::new();
         for (name, t) in &mut self.services {
+            if !(first || scope.contains(name) || failed_before.contains(name)) {
+                continue;
+            }
             let Some(svc) = desired.services.get(name) else { continue };
-            t.backends = svc
-                .ordered_servers()
-                .into_iter()
-                .map(|s| BackendStatus { name: s.name.to_string(), host: s.host.to_string(), port: s.port.get(), weight: s.weight.map(|w| w.get()) })
-                .collect();
+            let list = svc.routed(&store.backends(name));
+            if self.file_output.is_some() {
+                routed.insert(name.clone(), list.clone());
+            }
+            t.backends = Arc::new(list);
+            t.stale = true;
             self.metrics.set_backends(name.as_str(), t.backends.len());
-            if first || before.services.get(name) != Some(svc) || t.last_apply.as_ref().is_some_and(|l| !l.is_ok()) {
-                t.last_apply = Some(o.clone());
+            t.last_apply = Some(o.clone());
+            if o.is_ok() {
+                self.failed.remove(name);
+            } else {
+                self.failed.insert(name.clone());
             }
         }
         let ok = o.is_ok();
@@ -292,7 +314,7 @@ impl Observer {
             }
         }
         if let Some(out) = &self.file_output {
-            let result = out.write(&myelin_output::entries(desired, store));
+            let result = if first || *scope == Scope::All { out.write(&routed) } else { out.update(&routed) };
             self.file_output_last = Some(match result {
                 Ok(w) => {
                     if !w.written.is_empty() || !w.removed.is_empty() {
@@ -306,15 +328,15 @@ impl Observer {
                 }
             });
         }
-        if !self.ready_sent && ok {
+        if !self.ready_sent && report.in_force() {
             self.ready_sent = true;
             self.notifier.send(&[NotifyState::Ready]);
         }
         self.publish();
         let servers = desired.server_count();
-        let status = match outcome.error() {
-            None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), outcome.word()),
-            Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), outcome.word(), first_line(&e)),
+        let status = match error_of(outcome).or_else(|| report.reload.clone().and_then(Result::err)) {
+            None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), word(outcome)),
+            Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), word(outcome), first_line(&e)),
         };
         self.notifier.send(&[NotifyState::Status(&status)]);
     }
@@ -330,8 +352,8 @@ impl Observer {
         }
     }
 
-    /// `reload_command` ran.
-    pub fn reloaded(&mut self, result: Result<(), String>) {
+    /// HAProxy was reloaded (master CLI or `reload_command`), or failed to.
+    fn reloaded(&mut self, result: Result<(), String>) {
         self.metrics.reload(result.is_ok());
         self.last_reload = Some(match result {
             Ok(()) => Outcome::now("ok", None),
@@ -396,27 +418,20 @@ impl Observer {
         self.notifier.send(&[NotifyState::Stopping, NotifyState::Status("Stopping; HAProxy keeps the last installed config")]);
     }
 
+    /// Something to show changed: published at the next [`Observer::flush`].
     fn publish(&mut self) {
-        let services: BTreeMap<String, ServiceStatus> = self
-            .services
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.to_string(),
-                    ServiceStatus {
-                        method: t.method.to_owned(),
-                        watcher: t.watcher,
-                        synced: t.ever_synced,
-                        backends: t.backends.clone(),
-                        last_update: t.last_update.clone(),
-                        last_error: t.last_error.clone(),
-                        last_apply: t.last_apply.clone(),
-                        rejected: t.rejected,
-                        reconnects: t.reconnects,
-                    },
-                )
-            })
-            .collect();
+        self.unpublished = true;
+    }
+
+    /// Publish the status snapshot if anything changed since the last one. The daemon calls it
+    /// once per turn of its loop, so a burst of events is one snapshot, and a snapshot re-uses
+    /// the entries of the services that did not change.
+    pub fn flush(&mut self) {
+        if !self.unpublished {
+            return;
+        }
+        self.unpublished = false;
+        let services: BTreeMap<String, Arc<ServiceStatus>> = self.services.iter_mut().map(|(name, t)| (name.to_string(), t.status())).collect();
         let ready = services.values().all(|s| s.synced);
         self.metrics.set_ready(ready);
         let snap = Snapshot {
@@ -440,16 +455,6 @@ impl Observer {
     }
 }
 
-/// As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC` applies to this process unless
-/// `WATCHDOG_PID` names another one.
-fn watchdog_usec(usec: Option<String>, pid: Option<String>, me: u32) -> Option<u64> {
-    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
-    match pid {
-        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
-        _ => Some(usec),
-    }
-}
-
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -459,22 +464,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watchdog_is_ours_unless_another_pid_is_named() {
-        let s = |v: &str| Some(v.to_owned());
-        assert_eq!(watchdog_usec(s("200000"), None, 7), Some(200_000));
-        assert_eq!(watchdog_usec(s("200000"), s("7"), 7), Some(200_000));
-        assert_eq!(watchdog_usec(s("200000"), s("8"), 7), None);
-        assert_eq!(watchdog_usec(s("0"), None, 7), None);
-        assert_eq!(watchdog_usec(s("soon"), None, 7), None);
-        assert_eq!(watchdog_usec(None, s("7"), 7), None);
-    }
-
-    #[test]
     fn apply_outcomes_have_the_metric_words() {
-        let all = [ApplyOutcome::Installed, ApplyOutcome::Unchanged, ApplyOutcome::NotWritten, ApplyOutcome::Rejected("x".into()), ApplyOutcome::Failed("y".into())];
-        let words: Vec<_> = all.iter().map(ApplyOutcome::word).collect();
+        let all = [HaOutcome::Installed, HaOutcome::Unchanged, HaOutcome::NotWritten, HaOutcome::Rejected("x".into()), HaOutcome::Failed("y".into())];
+        let words: Vec<_> = all.iter().map(word).collect();
         assert_eq!(words, myelin_admin::APPLY_OUTCOMES);
-        assert_eq!(all[3].error().as_deref(), Some("x"));
-        assert_eq!(all[0].error(), None);
+        assert_eq!(error_of(&all[3]).as_deref(), Some("x"));
+        assert_eq!(error_of(&all[0]), None);
     }
 }
