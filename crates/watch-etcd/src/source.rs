@@ -157,7 +157,7 @@ impl Run {
                 if fresh {
                     let _ = self.tx.send(Err(e)).await;
                 } else {
-                    debug!(problem = %text, "etcd still unavailable.");
+                    debug!(problem = ?text, "etcd still unavailable.");
                 }
             }
         }
@@ -214,7 +214,7 @@ impl Run {
                     return Ok((client, i, read));
                 }
                 Err(e) => {
-                    debug!(endpoint = %ep, problem = %e.report(), "etcd member unavailable.");
+                    debug!(endpoint = %ep, problem = ?e.report(), "etcd member unavailable.");
                     failures.push(e);
                 }
             }
