@@ -261,6 +261,43 @@ fn no_quorum_keeps_the_backends() {
     result.unwrap();
 }
 
+/// Leadership moves twice (`etcdctl move-leader`) while myelin watches: changes made around each
+/// move arrive, none is lost.
+#[test]
+fn leader_changes_lose_nothing() {
+    let cluster = Cluster::get();
+    let _g = cluster.exclusive();
+    let mut etcd = cluster.client().unwrap();
+    let pool: Vec<Backend> = (0..4).map(|i| Backend::start(&format!("n{i}"))).collect();
+    let r = running(cluster, "leader", &mut etcd, &[&pool[0]], &[]);
+    let eps = &cluster.endpoints;
+    let status = || -> Vec<(String, u64, u64)> {
+        let out = Etcd::etcdctl(eps, &["endpoint", "status", "-w", "json"]).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["Endpoint"].as_str()?.to_owned(), e["Status"]["header"]["member_id"].as_u64()?, e["Status"]["leader"].as_u64()?)))
+            .collect()
+    };
+    let mut names = vec!["n0".to_owned()];
+    for (round, b) in pool[1..].iter().enumerate() {
+        let members = status();
+        let (leader_ep, leader) = members.iter().find(|m| m.1 == m.2).map(|m| (m.0.clone(), m.1)).expect("a leader");
+        let target = members.iter().find(|m| m.1 != leader).map(|m| m.1).unwrap();
+        etcd.put(&r.key(&b.name), &nerve(b)).unwrap();
+        Etcd::etcdctl(&[leader_ep], &["move-leader", &format!("{target:x}")]).unwrap();
+        names.push(b.name.clone());
+        if round == 1 {
+            etcd.delete(&r.key("n0")).unwrap();
+            names.retain(|n| n != "n0");
+        }
+        let want: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(r.converges(&want), "round {round}: {:?}\n{}", r.routed(), r.myelin.log());
+        assert!(status().iter().all(|m| m.2 == target), "leadership did not move");
+    }
+}
+
 /// Authentication on: myelin with the right password routes; after the password changes and
 /// myelin has to reconnect, the error is clear and the backends stay.
 #[test]
