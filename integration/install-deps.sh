@@ -18,6 +18,8 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 # The etcd tests' three-member cluster (integration/etcd-cluster.sh); etcdctl for its checks.
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
+# `ss`: which member a myelin process is connected to.
+command -v ss >/dev/null || need+=(iproute2)
 # --- end etcd ---
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then

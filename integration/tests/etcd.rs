@@ -146,11 +146,11 @@ fn compaction_past_the_watch_revision_reads_again_without_missing_a_change() {
     r.myelin.signal("STOP");
     etcd.delete(&r.key("a")).unwrap();
     etcd.put(&r.key("c"), &nerve(&c)).unwrap();
-    // Fill the watch: 500 puts of a 60 kB registration (30 MB, more than the connection's
-    // windows and socket buffers hold), then gone again.
+    // Fill the watch: 800 puts of a 60 kB registration (48 MB, well over what the connection's
+    // windows, the socket buffers and etcd's per-watch queue hold), then gone again.
     let pad = "x".repeat(60_000);
     let filler = format!(r#"{{"host":"127.0.0.1","port":{},"name":"filler","pad":"{pad}"}}"#, c.port);
-    etcd.put_many((0..500).map(|_| (r.key("filler"), filler.clone())).collect()).unwrap();
+    etcd.put_many((0..800).map(|_| (r.key("filler"), filler.clone())).collect()).unwrap();
     etcd.delete(&r.key("filler")).unwrap();
     let rev = etcd.revision().unwrap();
     etcd.compact(rev).unwrap();
