@@ -21,6 +21,9 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 # `ss`: which member a myelin process is connected to.
 command -v ss >/dev/null || need+=(iproute2)
 # --- end etcd ---
+# The Consul tests (integration/tests/consul*.rs): the TLS test makes a CA and certificates with
+# openssl, and HAProxy terminates TLS in front of the Consul test double.
+command -v openssl >/dev/null || need+=(openssl)
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

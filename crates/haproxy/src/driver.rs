@@ -113,8 +113,13 @@ pub struct Driver {
     draining: BTreeMap<(BackendName, ServerName), Instant>,
     drain_check_at: Option<Instant>,
     verify_at: Option<Instant>,
-    /// A drift check's read of `show servers state`, running beside the loop.
+    /// A drift check's read of `show servers state`, running beside the loop, and the count
+    /// of changes made to HAProxy when it started.
     verifying: Option<JoinHandle<Result<Vec<ServerState>, Error>>>,
+    verifying_since: u64,
+    /// Changes made to HAProxy (runtime commands, reloads): a drift read that overlapped one is
+    /// stale and thrown away.
+    changes: u64,
     /// haproxy.cfg lags what HAProxy runs (runtime API changes) and is to be written by then.
     file_due: Option<Instant>,
     /// Services changed since `applied` was last brought up to date.
@@ -139,6 +144,8 @@ impl Driver {
             drain_check_at: None,
             verify_at: None,
             verifying: None,
+            verifying_since: 0,
+            changes: 0,
             file_due: None,
             unapplied: Scope::All,
             unrendered: Scope::All,
@@ -321,23 +328,54 @@ impl Driver {
 
     /// A drift check's read finished: compare it with what HAProxy should run. A difference
     /// owes a reload ([`Driver::wants_apply`]).
-    pub fn verified(&mut self, result: Result<Result<Vec<ServerState>, Error>, tokio::task::JoinError>) {
+    pub async fn verified(&mut self, result: Result<Result<Vec<ServerState>, Error>, tokio::task::JoinError>) -> Report {
         self.verifying = None;
+        let mut report = Report::default();
         let observed = match result {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => return warn!("Cannot check HAProxy's servers: {e}"),
-            Err(e) => return warn!("Cannot check HAProxy's servers: {e}"),
+            Ok(Err(e)) => {
+                warn!("Cannot check HAProxy's servers: {e}");
+                return report;
+            }
+            Err(e) => {
+                warn!("Cannot check HAProxy's servers: {e}");
+                return report;
+            }
         };
-        let Some(applied) = &self.applied else { return };
+        let (Some(applied), Some(rt)) = (&self.applied, self.runtime.clone()) else { return report };
         if self.reload_pending {
-            return;
+            return report;
         }
-        let drift = crate::drift(applied, &observed, &self.draining.keys().cloned().collect());
+        if self.changes != self.verifying_since {
+            // HAProxy changed while it was read: check again soon rather than compare a mix.
+            self.verify_at = Some(Instant::now() + FIRST_VERIFY);
+            return report;
+        }
+        let draining = self.draining.keys().cloned().collect();
+        // A server the data wants, held in a drain nobody is running (myelin killed while it
+        // drained, or a drain by hand): back to ready through the runtime API (a reload would
+        // restore the drain from the server-state file).
+        let stuck = crate::stuck_draining(applied, &observed, &draining);
+        if !stuck.is_empty() {
+            self.changes += 1;
+        }
+        for (backend, name) in stuck {
+            match rt.set_state(&backend, &name, "ready").await {
+                Ok(()) => {
+                    report.runtime_commands += 1;
+                    warn!(backend = %backend, server = %name, "A server myelin routes to was left draining; set ready again.");
+                }
+                Err(e) => warn!(backend = %backend, server = %name, "A server left draining could not be set ready: {e}"),
+            }
+        }
+        let Some(applied) = &self.applied else { return report };
+        let drift = crate::drift(applied, &observed, &draining);
         if !drift.is_empty() {
             let shown: Vec<&String> = drift.iter().take(10).collect();
             warn!(differences = drift.len(), first = ?shown, "HAProxy's servers differ from the desired state; repairing with a reload.");
             self.reload_pending = self.s.do_reloads;
         }
+        report
     }
 
     /// `applied` follows `desired` for what changed since it was last brought up to date.
@@ -448,6 +486,7 @@ impl Driver {
     /// Carry out runtime operations, counting the commands sent.
     async fn run_ops(&mut self, ops: &[Op], report: &mut Report) -> Result<(), Error> {
         let Some(rt) = self.runtime.clone() else { return Ok(()) };
+        self.changes += 1;
         for op in ops {
             match op {
                 // Back before its drain finished: the server is still there.
@@ -500,6 +539,7 @@ impl Driver {
             .map(|(k, d)| (k.clone(), *d))
             .collect();
         for ((backend, name), deadline) in due {
+            self.changes += 1;
             match rt.remove(&backend, &name).await {
                 Ok(n) => {
                     report.runtime_commands += n as u64;
@@ -525,6 +565,7 @@ impl Driver {
             return;
         }
         let rt = rt.clone();
+        self.verifying_since = self.changes;
         self.verifying = Some(tokio::spawn(async move { rt.servers_state().await }));
     }
 
@@ -532,6 +573,7 @@ impl Driver {
     /// appear), or `reload_command`.
     async fn reload(&mut self, desired: &DesiredState) -> Result<(), String> {
         let now = Instant::now();
+        self.changes += 1;
         self.gate.record(now);
         if let (Some(rt), Some(path)) = (&self.runtime, &self.s.server_state_file) {
             match rt.servers_state_text().await {
