@@ -2,15 +2,19 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release deb test test-deps test-deb bench bench-scale docker-engine demo demo-stop clean
+.PHONY: all build build-deps release deb test test-deps test-deb bench bench-scale docker-engine etcd-cluster demo demo-stop clean
 
 all: build
 
-build:
+build: build-deps
 	$(CARGO) build --workspace
 
-release:
+release: build-deps
 	$(CARGO) build --release -p myelin
+
+# protoc (etcd-client's build needs it), installed from Debian when missing.
+build-deps:
+	integration/build-deps.sh
 
 # The Debian package (cargo-deb, installed from crates.io when missing): release build, man page
 # generated from the CLI, then `cargo deb --no-build`. The .deb is left in $(DEB_DIR).
@@ -30,19 +34,20 @@ test-deb: deb
 # and runs every test: unit, property and end-to-end (the real binary against real HAProxy and
 # a real Docker engine, on 127.0.0.1), then the Debian package's install/remove/purge test.
 # The engine is stopped afterwards, pass or fail.
-test: test-deps docker-engine
+test: test-deps docker-engine etcd-cluster
 	$(CARGO) build -p myelin
-	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; integration/zookeeper.sh stop; exit $$status
+	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; integration/etcd-cluster.sh stop; integration/zookeeper.sh stop; exit $$status
 	$(MAKE) test-deb
 
 # Benchmarks: report figures (see docs/performance.md); not part of `make test`.
-bench: docker-engine
+bench: docker-engine etcd-cluster
 	$(CARGO) build -p myelin
 	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep -o 'BENCH.*' || status=$$?; \
 	for n in 100 200; do integration/bench/file-sources.sh $${CARGO_TARGET_DIR:-target}/debug/myelin $$n 30 || status=$$?; done; \
 	$(CARGO) run -q -p myelin-integration --bin consul-bench || status=$$?; \
 	$(CARGO) run -q -p myelin-integration --bin zookeeper-bench || status=$$?; integration/zookeeper.sh stop; \
 	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; \
+	$(CARGO) run -q -p myelin-integration --bin etcd-bench || status=$$?; integration/etcd-cluster.sh stop; \
 	$(MAKE) bench-scale || status=$$?; exit $$status
 
 # myelin at 1,000 / 10,000 / 100,000 backends (release build): figures into docs/performance.md,
@@ -53,6 +58,11 @@ bench-scale: test-deps
 
 test-deps:
 	integration/install-deps.sh
+
+# The etcd tests' three-member cluster on 127.0.0.1 (client ports 23791-23793, data in
+# /tmp/myelin-etcd); `integration/etcd-cluster.sh stop` stops it.
+etcd-cluster: test-deps
+	integration/etcd-cluster.sh start
 
 # The private engine of the Docker tests (unix socket /tmp/myelin-docker/docker.sock) and the
 # test image; `integration/docker-engine.sh stop` stops it.

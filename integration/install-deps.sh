@@ -9,6 +9,18 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
+# --- etcd (issue 10) ---
+# etcd-client (the crate) compiles etcd's .proto files at build time: it needs protoc.
+# It also needs the well-known types (google/protobuf/*.proto), which are in libprotobuf-dev (a
+# recommendation of protobuf-compiler, so not installed with --no-install-recommends).
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+# The etcd tests' three-member cluster (integration/etcd-cluster.sh); etcdctl for its checks.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+# `ss`: which member a myelin process is connected to.
+command -v ss >/dev/null || need+=(iproute2)
+# --- end etcd ---
 # The Consul tests (integration/tests/consul*.rs): the TLS test makes a CA and certificates with
 # openssl, and HAProxy terminates TLS in front of the Consul test double.
 command -v openssl >/dev/null || need+=(openssl)
@@ -33,6 +45,12 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  # --- etcd (issue 10) --- The tests run their own cluster; Debian's etcd service (2379/2380)
+  # would start at the next boot: disable it when this script installed it.
+  if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+  # --- end etcd ---
 fi
 # The tests start their own HAProxy; the packaged service is not needed.
 haproxy -v | sed -n 1p   # sed reads it all: `head` could end the pipe early (SIGPIPE under pipefail)

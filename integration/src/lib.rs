@@ -16,6 +16,7 @@ pub mod bench;
 pub mod consul;
 pub mod docker;
 pub mod zookeeper;
+pub mod etcd;
 
 /// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.
 pub fn myelin_bin() -> PathBuf {

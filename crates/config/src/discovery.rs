@@ -3,9 +3,10 @@
 //! the kinds, so adding a kind is one arm here (and one in the enum), and the compiler lists
 //! what is missing. See "Adding a discovery source" in docs/architecture.md.
 
-use myelin_source::{Context, LabelFilter, Number, Partition, SettingsProblem, SourceConfig, StaticConfig};
+use myelin_source::{LabelFilter, SourceConfig, StaticConfig};
 use myelin_watch_consul::ConsulConfig;
 use myelin_watch_docker::DockerConfig;
+use myelin_watch_etcd::EtcdConfig;
 use myelin_watch_file::FileConfig;
 use myelin_watch_zookeeper::{ZookeeperConfig, ZookeeperPollConfig};
 use serde::Deserialize;
@@ -30,8 +31,9 @@ pub enum Discovery {
     /// The same, listed every `polling_interval_sec` (Synapse's `zookeeper_poll`).
     #[serde(deserialize_with = "with_path")]
     ZookeeperPoll(ZookeeperPollConfig),
+    /// Instances registered under a key prefix in etcd (v3 API).
     #[serde(deserialize_with = "with_path")]
-    Etcd(EtcdDiscovery),
+    Etcd(EtcdConfig),
     /// The healthy instances of a Consul service (blocking queries).
     #[serde(deserialize_with = "with_path")]
     Consul(ConsulConfig),
@@ -87,37 +89,3 @@ impl Discovery {
         self.source().supported()
     }
 }
-
-/// Read, not supported yet: the service is written with its `default_servers`.
-macro_rules! not_supported_yet {
-    ($ty:ty, $method:literal) => {
-        impl SourceConfig for $ty {
-            fn method(&self) -> &'static str {
-                $method
-            }
-            fn label_filters(&self) -> &[LabelFilter] {
-                &self.label_filters
-            }
-            fn check(&self) -> Vec<SettingsProblem> {
-                Vec::new()
-            }
-            fn partitions(&self, _: &Context) -> Vec<Partition> {
-                Vec::new()
-            }
-            fn supported(&self) -> bool {
-                false
-            }
-        }
-    };
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdDiscovery {
-    pub host: String,
-    pub port: Option<Number>,
-    pub path: String,
-    #[serde(default)]
-    pub label_filters: Vec<LabelFilter>,
-}
-not_supported_yet!(EtcdDiscovery, "etcd");
