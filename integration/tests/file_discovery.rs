@@ -167,3 +167,27 @@ fn the_tutorial_synapse_config_checks_with_real_haproxy() {
     assert_eq!(code, 0, "{err}");
     assert!(rendered.contains("    timeout connect 5000\n") && rendered.contains("frontend nodesrv\n") && rendered.contains("    option httpchk /\n"), "{rendered}");
 }
+
+/// A source that never syncs (here: its directory is gone, so it cannot even be watched) must
+/// not empty a backend HAProxy serves, not even once the start-up timeout has passed.
+#[test]
+fn a_source_that_never_syncs_keeps_what_haproxy_runs() {
+    let env = Env::new();
+    let a = Backend::start("alpha");
+    let sub = env.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("backends.yaml"), a.entry()).unwrap();
+    let discovery = format!("      method: file\n      path: {}\n", sub.join("backends.yaml").display());
+    let cfg = env.write_config_with(&discovery, "", "");
+    let _haproxy = env.start_haproxy(&cfg).unwrap();
+    assert_eq!(get(env.frontend_port, "/").unwrap(), (200, "alpha".to_string()));
+
+    std::fs::remove_dir_all(&sub).unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    // Past the 10 s start-up timeout, the first apply has happened.
+    assert!(wait_for(Duration::from_secs(20), || myelin.log().contains("already up to date") || myelin.log().contains("Installed")).is_some(), "{}", myelin.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let (seen, failed) = spray(env.frontend_port, 10);
+    assert_eq!((seen.into_iter().collect::<Vec<_>>(), failed), (vec!["alpha".to_string()], 0), "{}", myelin.log());
+    assert!(std::fs::read_to_string(env.haproxy_cfg()).unwrap().contains(&format!("127.0.0.1:{}", a.port)));
+}

@@ -213,3 +213,27 @@ fn status_without_an_admin_listener_says_how_to_turn_it_on() {
     assert_eq!(code, 1);
     assert!(err.contains("the admin listener is off") && err.contains("admin: {bind: 127.0.0.1:9213}"), "{err}");
 }
+
+/// `file_output` tells other consumers what discovery found, as Synapse's does: a config that
+/// the check refuses (for a reason that has nothing to do with the backends) does not hold it
+/// back, while haproxy.cfg stays the last good one.
+#[test]
+fn file_output_follows_discovery_even_when_the_check_refuses_the_config() {
+    let env = Env::new();
+    let admin = free_port();
+    let cfg = env.path("myelin.yaml");
+    // The check refuses any candidate that routes to port 9.
+    let check = format!("  check_command: \"! grep -q ':9 ' {}\"\n", env.haproxy_cfg().display());
+    std::fs::write(&cfg, config(&env, "web", admin) + &check).unwrap();
+    std::fs::write(env.path("backends.yaml"), "- {name: a, host: 127.0.0.1, port: 8}\n").unwrap();
+    let myelin = env.start_myelin(&cfg).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || entries(&env, "web") == Some(vec!["a=127.0.0.1:8".to_string()])).is_some(), "{}", myelin.log());
+    assert!(std::fs::read_to_string(env.haproxy_cfg()).unwrap().contains("127.0.0.1:8"));
+
+    std::fs::write(env.path("backends.yaml"), "- {name: a, host: 127.0.0.1, port: 8}\n- {name: b, host: 127.0.0.1, port: 9}\n").unwrap();
+    let both = Some(vec!["a=127.0.0.1:8".to_string(), "b=127.0.0.1:9".to_string()]);
+    assert!(wait_for(Duration::from_secs(5), || entries(&env, "web") == both).is_some(), "{}", myelin.log());
+    assert!(wait_for(Duration::from_secs(5), || status(admin)["haproxy"]["last_apply"]["outcome"] == "rejected").is_some(), "{}", status(admin));
+    let running = std::fs::read_to_string(env.haproxy_cfg()).unwrap();
+    assert!(running.contains("127.0.0.1:8") && !running.contains("127.0.0.1:9"), "{running}");
+}

@@ -35,7 +35,7 @@ pub struct HaproxyStatus {
     pub config_file_path: String,
     /// The last time myelin rendered and installed (or tried to) a haproxy.cfg.
     pub last_apply: Option<Outcome>,
-    /// The last time myelin ran `reload_command`.
+    /// The last reload of HAProxy (through the master CLI when configured, else `reload_command`).
     pub last_reload: Option<Outcome>,
 }
 
@@ -110,14 +110,8 @@ pub struct ServiceStatus {
     pub reconnects: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendStatus {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u16>,
-}
+/// A backend routed by a service: the same shape `file_output` writes.
+pub type BackendStatus = myelin_core::RoutedBackend;
 
 /// RFC 3339 in UTC, to the second.
 pub fn timestamp(t: SystemTime) -> String {
@@ -235,7 +229,7 @@ mod tests {
                 method: "file".into(),
                 watcher: WatcherState::Synced,
                 synced: true,
-                backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5) }],
+                backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5), labels: Default::default() }],
                 last_update: Some(timestamp(t0)),
                 last_error: None,
                 last_apply: Some(Outcome { at: timestamp(t0), outcome: "installed".into(), error: None }),

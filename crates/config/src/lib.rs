@@ -3,6 +3,7 @@
 //! file, line, column and key path, and validation into the [`myelin_core::Spec`] HAProxy needs.
 #![forbid(unsafe_code)]
 
+mod discovery;
 mod error;
 mod interpolate;
 mod load;

@@ -98,7 +98,7 @@ fn native_yaml_form_and_defaults() {
     assert_eq!(l.haproxy.restart_interval.as_millis(), 500);
     let name = myelin_core::ServiceName::parse("web").unwrap();
     match &l.services[&name].discovery {
-        Discovery::File(f) => assert_eq!(f.path, Path::new("/etc/myelin/backends.yaml")),
+        Discovery::File(f) => assert_eq!(l.source_context(&name).resolve(&f.path), Path::new("/etc/myelin/backends.yaml")),
         d => panic!("{d:?}"),
     }
     assert!(l.spec.sections.defaults.iter().any(|d| d.as_str() == "option redispatch"));
@@ -180,14 +180,16 @@ fn docker_discovery_keys() {
         "{MIN}services:\n  web:\n    discovery:\n      method: docker\n      servers: [{{name: h1, host: 192.0.2.10, cert_path: certs}}, {{name: h2, host: docker2.example, port: 2375}}]\n      image_name: local/nodeapp\n      container_port: 8000\n      address: container\n      require_healthy: false\n      name_pattern: 'web-*'\n      labels: {{tier: front}}\n      check_interval: 5\n"
     ));
     let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
-    assert_eq!(d.servers[0].cert_path.as_deref(), Some(Path::new("/etc/myelin/certs")));
-    assert_eq!(d.address, crate::DockerAddress::Container);
+    // Relative paths are taken from the config file's directory when the sources open.
+    let cx = l.source_context(&myelin_core::ServiceName::parse("web").unwrap());
+    assert_eq!(d.servers[0].cert_path.as_deref().map(|p| cx.resolve(p)), Some(PathBuf::from("/etc/myelin/certs")));
+    assert_eq!(d.address, myelin_watch_docker::DockerAddress::Container);
     assert!(!d.require_healthy);
-    assert_eq!(d.check_interval, Some(5.0));
+    assert_eq!(d.check_interval.map(crate::Seconds::get), Some(5.0));
 
     let l = ok(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, container_port: 8000}}\n"));
     let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
-    assert!(d.require_healthy && d.servers.is_empty() && d.address == crate::DockerAddress::Published);
+    assert!(d.require_healthy && d.servers.is_empty() && d.address == myelin_watch_docker::DockerAddress::Published);
 
     let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, address: bridge}}\n"));
     assert!(e.contains("services.web.discovery") && e.contains("unknown variant `bridge`"), "{e}");

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use myelin_core::{
-    Backend, BackendName, BackendOrder, BindAddress, ConfigLine, Discovered, FrontendSpec, Host, Port, Sections, ServerName,
+    Backend, BackendName, BackendOrder, BindAddress, ConfigLine, Discovered, FrontendSpec, Port, Sections,
     ServiceName, ServiceSpec, Spec, StoreOptions,
 };
 
 use crate::error::{ConfigError, Notice};
 use crate::load::resolve;
 use crate::placement::{place, Placement};
-use crate::schema::{AdminBind, BackendOrderConfig, CommandConfig, Config, Discovery, DockerDiscovery, Lines, ServerEntry, ServiceConfig};
+use crate::schema::{AdminBind, BackendOrderConfig, CommandConfig, Config, Discovery, Lines, Seconds, ServerEntry, ServiceConfig};
 
 /// A command to run: through `sh -c`, or directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,14 @@ pub struct Loaded {
     pub admin: Option<SocketAddr>,
     /// Translations made and keys not supported yet: to be shown as warnings.
     pub notices: Vec<Notice>,
+}
+
+impl Loaded {
+    /// What the sources of `service` are told: its name, and the file their relative paths
+    /// are taken from.
+    pub fn source_context(&self, service: &ServiceName) -> myelin_source::Context {
+        myelin_source::Context { service: service.clone(), config_file: self.file.clone() }
+    }
 }
 
 /// The `global` section myelin writes when the config gives none.
@@ -202,25 +210,12 @@ pub(crate) fn validate(file: &Path, config: Config, sources: &[(PathBuf, String)
             cx.error(format!("{path}.haproxy.backend_name"), spec.backend_name.as_str(), format!("backend name `{}` is already used by service `{other}`", spec.backend_name));
             continue;
         }
-        if let Discovery::File(f) = &svc.discovery {
-            if f.path.as_os_str().is_empty() {
-                cx.error(format!("{path}.discovery.path"), "\"path\"", "must not be empty");
-            }
+        for problem in svc.discovery.source().check() {
+            let key = if problem.key.is_empty() { format!("{path}.discovery") } else { format!("{path}.discovery.{}", problem.key) };
+            let needle = problem.key.rsplit('.').next().unwrap_or_default().split('[').next().unwrap_or_default().to_owned();
+            cx.error(key, &needle, problem.message);
         }
-        if let Discovery::Docker(d) = &svc.discovery {
-            docker_discovery(&mut cx, &format!("{path}.discovery"), d);
-        }
-        let mut discovery = svc.discovery.clone();
-        match &mut discovery {
-            Discovery::File(f) => f.path = resolve(file, &f.path),
-            Discovery::Docker(d) => {
-                for s in &mut d.servers {
-                    s.cert_path = s.cert_path.as_ref().map(|p| resolve(file, p));
-                }
-                d.socket = d.socket.as_ref().map(|p| resolve(file, p));
-            }
-            _ => {}
-        }
+        let discovery = svc.discovery.clone();
         if svc.leader_election.is_some() {
             cx.not_supported(&format!("{path}.leader_election"), "leader_election");
         }
@@ -274,42 +269,6 @@ fn admin_bind(b: &AdminBind) -> Result<SocketAddr, String> {
 
 fn defaults(lines: &[&str]) -> Vec<ConfigLine> {
     lines.iter().map(|l| ConfigLine::parse(l).expect("built-in lines are valid")).collect()
-}
-
-/// The Docker keys that serde cannot check alone.
-fn docker_discovery(cx: &mut Ctx<'_>, path: &str, d: &DockerDiscovery) {
-    let mut names = BTreeSet::new();
-    for (i, s) in d.servers.iter().enumerate() {
-        let sp = format!("{path}.servers[{i}]");
-        if let Err(e) = ServerName::parse(&s.name) {
-            cx.error(format!("{sp}.name"), &format!("\"{}\"", s.name), e.to_string());
-        } else if !names.insert(s.name.as_str()) {
-            cx.error(format!("{sp}.name"), &format!("\"{}\"", s.name), format!("server name `{}` is listed twice", s.name));
-        }
-        if let Err(e) = Host::parse(&s.host) {
-            cx.error(format!("{sp}.host"), &format!("\"{}\"", s.host), e.to_string());
-        }
-        if let Some(p) = s.port {
-            if let Err(e) = Port::parse(&p.0.to_string()) {
-                cx.error(format!("{sp}.port"), &p.0.to_string(), e.to_string());
-            }
-        }
-    }
-    if let Some(p) = d.container_port {
-        if let Err(e) = Port::parse(&p.0.to_string()) {
-            cx.error(format!("{path}.container_port"), "container_port", e.to_string());
-        }
-    }
-    for (key, value) in [("image_name", &d.image_name), ("name_pattern", &d.name_pattern)] {
-        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            cx.error(format!("{path}.{key}"), key, "must not be empty");
-        }
-    }
-    if let Some(i) = d.check_interval {
-        if !(i.is_finite() && (0.1..=86400.0).contains(&i)) {
-            cx.error(format!("{path}.check_interval"), "check_interval", "must be 0.1 to 86400 seconds");
-        }
-    }
 }
 
 fn service_spec(cx: &mut Ctx<'_>, path: &str, name: &ServiceName, svc: &ServiceConfig, global_bind: &str) -> Option<ServiceSpec> {
@@ -492,16 +451,16 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
     if h.do_reloads && reload_command.is_none() && h.reload_command.is_none() {
         cx.error("haproxy.reload_command", "\"haproxy\"", "required when `do_reloads` is true (or set `do_reloads: false`)");
     }
-    let interval = h.restart_interval.unwrap_or(2.0);
-    if !(interval.is_finite() && (0.0..=3600.0).contains(&interval)) {
+    let interval = h.restart_interval.map_or(2.0, Seconds::get);
+    if interval > 3600.0 {
         cx.error("haproxy.restart_interval", "restart_interval", "must be 0 to 3600 seconds");
     }
     let jitter = h.restart_jitter.unwrap_or(0.0);
     if !(jitter.is_finite() && (0.0..=1.0).contains(&jitter)) {
         cx.error("haproxy.restart_jitter", "restart_jitter", "must be a fraction from 0 to 1");
     }
-    let ttl = h.state_file_ttl.unwrap_or(86400.0);
-    if !(ttl.is_finite() && ttl > 0.0) {
+    let ttl = h.state_file_ttl.map_or(86400.0, Seconds::get);
+    if ttl <= 0.0 {
         cx.error("haproxy.state_file_ttl", "state_file_ttl", "must be a positive number of seconds");
     }
     let socket = h.socket_file_path.as_ref().and_then(|l| {
@@ -514,9 +473,9 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
     if do_socket && socket.is_none() {
         cx.error("haproxy.socket_file_path", "do_socket", "required when `do_socket` is true");
     }
-    let mut seconds = |key: &str, v: Option<f64>, default: f64| {
-        let v = v.unwrap_or(default);
-        if !(v.is_finite() && (0.0..=86400.0).contains(&v)) {
+    let mut seconds = |key: &str, v: Option<Seconds>, default: f64| {
+        let v = v.map_or(default, Seconds::get);
+        if v > 86400.0 {
             cx.error(format!("haproxy.{key}"), key, "must be 0 to 86400 seconds");
             return Duration::from_secs_f64(default);
         }
@@ -558,11 +517,11 @@ fn haproxy_settings(cx: &mut Ctx<'_>, file: &Path, h: Option<&crate::schema::Hap
         do_checks: h.do_checks,
         check_command,
         restart_interval: Duration::from_secs_f64(interval.clamp(0.0, 3600.0)),
-        restart_jitter: jitter.clamp(0.0, 1.0),
+        restart_jitter: if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 },
         socket_file_path: socket.map(|s| resolve(file, &s)),
         do_socket,
         state_file_path: h.state_file_path.as_deref().map(|p| resolve(file, p)),
-        state_file_ttl: Duration::from_secs_f64(ttl.max(1.0)),
+        state_file_ttl: Duration::from_secs_f64(ttl.clamp(1.0, Seconds::MAX)),
         master_socket_path: h.master_socket_path.as_deref().map(|p| resolve(file, p)),
         drain_timeout,
         server_state_file,

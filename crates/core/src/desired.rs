@@ -132,7 +132,36 @@ pub struct DesiredService {
     pub servers: BTreeMap<ServerName, Server>,
 }
 
+/// A backend as HAProxy is asked to route to it (after `default_servers` and
+/// `backend_port_override`), with the labels discovery gave: the one shape the status page and
+/// `file_output` show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoutedBackend {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
 impl DesiredService {
+    /// Its servers in HAProxy's order, with the labels of the backends (`known`, from the
+    /// store) they come from.
+    pub fn routed(&self, known: &BTreeMap<ServerName, crate::Backend>) -> Vec<RoutedBackend> {
+        self.ordered_servers()
+            .into_iter()
+            .map(|s| RoutedBackend {
+                name: s.name.to_string(),
+                host: s.host.to_string(),
+                port: s.port.get(),
+                weight: s.weight.map(|w| w.get()),
+                labels: known.get(&s.name).map(|b| b.labels.clone()).unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Servers in the order they are written.
     pub fn ordered_servers(&self) -> Vec<&Server> {
         let mut v: Vec<&Server> = self.servers.values().collect();

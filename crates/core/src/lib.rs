@@ -12,7 +12,7 @@ mod model;
 mod store;
 
 pub use desired::{
-    BackendOrder, BindAddress, DesiredService, DesiredState, FrontendSpec, Sections, Server, ServiceShape,
+    BackendOrder, BindAddress, DesiredService, DesiredState, FrontendSpec, RoutedBackend, Sections, Server, ServiceShape,
     ServiceSpec, Spec,
 };
 pub use diff::{diff, Plan, ServerChange, ServerDiff};

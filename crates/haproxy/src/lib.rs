@@ -3,21 +3,31 @@
 #![forbid(unsafe_code)]
 
 mod command;
+mod driver;
 mod gate;
+mod master;
 mod ondisk;
+mod ops;
 mod render;
+mod route;
 mod runtime;
+mod servers;
+mod socket;
+mod state_file;
 mod writer;
 
 pub use command::{run_command, CommandOutput};
+pub use driver::{Driver, DriverSettings, Outcome, Report};
+pub use route::{route, Reload, Route, Situation};
 pub use gate::ReloadGate;
-pub use ondisk::servers_on_disk;
+pub use ondisk::{servers_by_backend, servers_on_disk};
 pub use render::render;
-pub use runtime::{
-    drift, filter_state_file, parse_servers_state, parse_show_proc, parse_stat_sessions, runtime_ops, Master, Op, Processes, Runtime,
-    ServerState,
-};
-pub use writer::{InstallOutcome, Writer};
+pub use master::{parse_show_proc, Master, Processes};
+pub use ops::{runtime_ops, Op};
+pub use runtime::Runtime;
+pub use servers::{drift, parse_servers_state, parse_stat_sessions, ServerState};
+pub use state_file::filter_state_file;
+pub use writer::{write_atomic, InstallOutcome, Writer};
 
 use std::path::PathBuf;
 

@@ -27,6 +27,26 @@ fn parse_server(rest: &str) -> Option<Server> {
     })
 }
 
+/// The servers of each `backend` section of a haproxy.cfg myelin wrote, by backend name. At
+/// start-up they stand in for a service until its source syncs, so that a source that never
+/// syncs cannot empty a backend HAProxy serves. Lines that do not parse are skipped.
+pub fn servers_by_backend(disk: &str) -> BTreeMap<String, Vec<Server>> {
+    let mut out: BTreeMap<String, Vec<Server>> = BTreeMap::new();
+    let mut backend: Option<String> = None;
+    for line in disk.lines() {
+        if let Some(b) = line.strip_prefix("backend ") {
+            backend = Some(b.trim().to_owned());
+        } else if !line.starts_with(' ') && !line.is_empty() {
+            backend = None;
+        } else if let (Some(b), Some(rest)) = (&backend, line.strip_prefix("    server ")) {
+            if let Some(server) = parse_server(rest) {
+                out.entry(b.clone()).or_default().push(server);
+            }
+        }
+    }
+    out
+}
+
 /// If `disk` is what myelin renders for `desired` but for the servers, the state it describes:
 /// `desired`'s structure with the servers written on disk. `None` when anything else differs
 /// (then only a reload can bring HAProxy to `desired`).
@@ -59,6 +79,16 @@ pub fn servers_on_disk(disk: &str, desired: &DesiredState) -> Option<DesiredStat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_servers_of_each_backend() {
+        let cfg = "global\n    maxconn 10\n\nbackend web\n    mode http\n    server a 127.0.0.1:8001 weight 3 check\n    server b 127.0.0.1:8002\n    server bad host:notaport\n\nfrontend web\n    bind 127.0.0.1:80\n    server x 127.0.0.1:1\n\nbackend api\n    server c [::1]:9\n";
+        let by = servers_by_backend(cfg);
+        let names = |b: &str| by[b].iter().map(|s| format!("{}={}:{}", s.name, s.host, s.port)).collect::<Vec<_>>();
+        assert_eq!(names("web"), ["a=127.0.0.1:8001", "b=127.0.0.1:8002"]);
+        assert_eq!(by["web"][0].weight.map(|w| w.get()), Some(3));
+        assert_eq!(by.len(), 2, "{by:?}");
+    }
     use myelin_core::{
         diff, BackendName, BackendOrder, BindAddress, Discovered, FrontendSpec, Sections, ServiceName, ServiceSpec, Spec, Store,
         StoreOptions, Update,

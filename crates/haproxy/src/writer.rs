@@ -19,7 +19,8 @@ pub enum InstallOutcome {
 }
 
 /// Installs haproxy.cfg: write a candidate next to the target, validate it with HAProxy (or the
-/// configured check command), fsync, rename over the target. A rejected candidate is kept as
+/// configured check command), then replace the target atomically and durably (a temporary file,
+/// fsync, rename, fsync of the directory: [`write_atomic`]). A rejected candidate is kept as
 /// `<config>.rejected` and the config in force is left alone.
 #[derive(Debug, Clone)]
 pub struct Writer {
@@ -53,8 +54,37 @@ impl Writer {
 
     /// Install a config whose only difference from the one in force is servers that HAProxy's
     /// runtime API has just accepted: HAProxy itself validated them, so `haproxy -c` is skipped.
+    /// (An operator's `check_command` ran before the runtime change: [`Writer::gate`].)
     pub async fn install_accepted(&self, config: &str) -> Result<InstallOutcome, Error> {
         self.install_checked(config, false).await
+    }
+
+    /// The operator's `check_command`, when one is configured, on a config about to reach
+    /// HAProxy through the runtime API: it gates every change, not only reloads. Without one
+    /// (the default check is `haproxy -c`, whose parser is the one `add server` uses), nothing
+    /// is run.
+    pub async fn gate(&self, config: &str) -> Result<(), Error> {
+        if self.check_command.is_none() || !self.do_checks || self.is_current(config) {
+            return Ok(());
+        }
+        let candidate = self.candidate_path();
+        let (c, bytes) = (candidate.clone(), config.as_bytes().to_vec());
+        blocking(move || std::fs::write(&c, bytes).map_err(|source| Error::Io { action: "writing", path: c.clone(), source })).await?;
+        let result = self.check(&candidate).await;
+        match result {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&candidate);
+                Ok(())
+            }
+            Err(e) => {
+                let rejected = self.rejected_path();
+                let _ = std::fs::rename(&candidate, &rejected);
+                Err(match e {
+                    Error::Failed { output, .. } => Error::Rejected { rejected, output },
+                    other => other,
+                })
+            }
+        }
     }
 
     async fn install_checked(&self, config: &str, check: bool) -> Result<InstallOutcome, Error> {
@@ -64,25 +94,22 @@ impl Writer {
         if !self.do_writes {
             return Ok(InstallOutcome::NotWritten);
         }
-        let candidate = self.candidate_path();
-        let bytes = config.as_bytes().to_vec();
-        let c = candidate.clone();
-        blocking(move || write_synced(&c, &bytes)).await?;
-        let checked = if check { self.check(&candidate).await } else { Ok(()) };
-        if let Err(e) = checked {
-            let rejected = self.rejected_path();
-            let _ = std::fs::rename(&candidate, &rejected);
-            return Err(match e {
-                Error::Failed { output, .. } => Error::Rejected { rejected, output },
-                other => other,
-            });
+        if check && self.do_checks {
+            let candidate = self.candidate_path();
+            let (c, bytes) = (candidate.clone(), config.as_bytes().to_vec());
+            blocking(move || std::fs::write(&c, bytes).map_err(|source| Error::Io { action: "writing", path: c.clone(), source })).await?;
+            if let Err(e) = self.check(&candidate).await {
+                let rejected = self.rejected_path();
+                let _ = std::fs::rename(&candidate, &rejected);
+                return Err(match e {
+                    Error::Failed { output, .. } => Error::Rejected { rejected, output },
+                    other => other,
+                });
+            }
+            let _ = std::fs::remove_file(&candidate);
         }
-        let (c, target) = (candidate, self.path.clone());
-        blocking(move || {
-            std::fs::rename(&c, &target).map_err(|source| Error::Io { action: "renaming onto", path: target.clone(), source })?;
-            sync_dir(&target)
-        })
-        .await?;
+        let (target, bytes) = (self.path.clone(), config.as_bytes().to_vec());
+        blocking(move || write_atomic(&target, &bytes)).await?;
         Ok(InstallOutcome::Installed)
     }
 
@@ -129,19 +156,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
     tokio::task::spawn_blocking(f).await.expect("blocking file task panicked")
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// Replace `path` with `bytes` atomically and durably: a temporary file beside it, fsync,
+/// rename over it, fsync of the directory (atomic-write-file). Readers see the old or the new
+/// file, never a part of one, and a crash after it returns keeps the new one. Used for
+/// haproxy.cfg, myelin's state file and `file_output`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io = |source| Error::Io { action: "writing", path: path.to_path_buf(), source };
-    let mut f = std::fs::File::create(path).map_err(io)?;
+    let mut f = atomic_write_file::AtomicWriteFile::open(path).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
-}
-
-/// fsync the directory holding `path`, so the rename survives a crash.
-fn sync_dir(path: &Path) -> Result<(), Error> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io { action: "syncing directory of", path: path.to_path_buf(), source })
+    f.commit().map_err(io)
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 warn!("{n}");
             }
             for (name, svc) in &l.services {
-                if let Err(e) = myelin_watch::sources(&svc.discovery) {
-                    warn!(service = %name, "{e}: the service is written with its default_servers only");
+                if !svc.discovery.supported() {
+                    warn!(service = %name, method = svc.discovery.method(), "Discovery method not supported yet: the service is written with its default_servers only.");
                 }
             }
             Ok(l)
@@ -52,6 +52,23 @@ pub fn writer(l: &Loaded) -> Writer {
         check_command: h.check_command.as_ref().map(|c| c.argv()),
         haproxy_bin: "haproxy".into(),
         timeout: Duration::from_secs(30),
+    }
+}
+
+/// How the daemon drives HAProxy, from the `haproxy` section.
+pub fn driver_settings(l: &Loaded) -> myelin_haproxy::DriverSettings {
+    let h = &l.haproxy;
+    myelin_haproxy::DriverSettings {
+        writer: writer(l),
+        do_reloads: h.do_reloads,
+        reload_command: h.reload_command.as_ref().map(|c| c.argv()),
+        restart_interval: h.restart_interval,
+        restart_jitter: h.restart_jitter,
+        socket: h.socket_file_path.clone().filter(|_| h.do_socket),
+        master_socket: h.master_socket_path.clone(),
+        drain_timeout: h.drain_timeout,
+        server_state_file: h.server_state_file.clone(),
+        verify_interval: h.verify_interval,
     }
 }
 
@@ -91,23 +108,22 @@ pub async fn render(path: &Path, timeout: f64) -> anyhow::Result<()> {
     let mut store = Store::new(loaded.services.iter().map(|(n, s)| (n.clone(), s.store)));
     let mut waits = Vec::new();
     for (name, svc) in &loaded.services {
-        let Ok(sources) = myelin_watch::sources(&svc.discovery) else { continue };
-        for (partition, open) in sources {
+        for p in svc.discovery.source().partitions(&loaded.source_context(name)) {
             let name = name.clone();
-            waits.push(async move { (name, partition, myelin_watch::first_sync(&open, timeout).await) });
+            waits.push(async move { (name, p.name, myelin_watch::first_sync(&p.open, timeout).await) });
         }
     }
     for (name, partition, result) in futures::future::join_all(waits).await {
         match result {
             Ok((update, problems)) => {
                 for p in problems {
-                    warn!(service = %name, "{p}");
+                    warn!(service = %name, "{}", p.report());
                 }
                 for r in store.apply(&name, &partition, update).rejected {
                     warn!(service = %name, server = %r.key, "Rejected: {}", r.error);
                 }
             }
-            Err(e) => warn!(service = %name, "{e}: rendered with what is known"),
+            Err(e) => warn!(service = %name, "{}: rendered with what is known", e.report()),
         }
     }
     print!("{}", myelin_haproxy::render(&DesiredState::build(&loaded.spec, &store)));

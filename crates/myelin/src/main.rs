@@ -3,8 +3,10 @@
 
 mod commands;
 mod daemon;
+mod notify;
 mod observe;
 mod statefile;
+mod watchers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

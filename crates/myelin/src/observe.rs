@@ -16,44 +16,36 @@ use myelin_admin::{
 };
 use myelin_config::Loaded;
 use myelin_core::{Applied, DesiredState, ServiceName, Store};
+use myelin_haproxy::{Outcome as HaOutcome, Report};
 use myelin_output::FileOutput;
-use myelin_watch::WatchError;
+use myelin_source::SourceError;
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
+
+use crate::notify::Notifier;
 
 /// If no apply has succeeded by then, systemd is told `READY=1` anyway (with a `STATUS=` that
 /// says why), so that a broken HAProxy does not turn into a start-up timeout and a restart loop.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What an apply came to, for the status and the metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    Installed,
-    Unchanged,
-    NotWritten,
-    Rejected(String),
-    Failed(String),
+/// The metric and status word of an outcome.
+fn word(o: &HaOutcome) -> &'static str {
+    match o {
+        HaOutcome::Installed => "installed",
+        HaOutcome::Unchanged => "unchanged",
+        HaOutcome::NotWritten => "not_written",
+        HaOutcome::Rejected(_) => "rejected",
+        HaOutcome::Failed(_) => "failed",
+    }
 }
 
-impl ApplyOutcome {
-    fn word(&self) -> &'static str {
-        match self {
-            Self::Installed => "installed",
-            Self::Unchanged => "unchanged",
-            Self::NotWritten => "not_written",
-            Self::Rejected(_) => "rejected",
-            Self::Failed(_) => "failed",
-        }
-    }
-
-    fn error(&self) -> Option<String> {
-        match self {
-            Self::Rejected(e) | Self::Failed(e) => Some(e.clone()),
-            _ => None,
-        }
+fn error_of(o: &HaOutcome) -> Option<String> {
+    match o {
+        HaOutcome::Rejected(e) | HaOutcome::Failed(e) => Some(e.clone()),
+        HaOutcome::Installed | HaOutcome::Unchanged | HaOutcome::NotWritten => None,
     }
 }
 
@@ -72,7 +64,7 @@ struct Track {
 impl Track {
     fn new(loaded: &Loaded, name: &ServiceName) -> Self {
         let discovery = &loaded.services[name].discovery;
-        let supported = myelin_watch::sources(discovery).is_ok();
+        let supported = discovery.supported();
         Self {
             method: discovery.method(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
@@ -87,29 +79,6 @@ impl Track {
     }
 }
 
-/// systemd's notification socket (`NOTIFY_SOCKET`); every call is a no-op without one.
-struct Notifier {
-    watchdog: Option<Duration>,
-    next_ping: Option<Instant>,
-}
-
-impl Notifier {
-    fn from_env() -> Self {
-        let watchdog = watchdog_usec(std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok(), std::process::id())
-            .map(|usec| Duration::from_micros(usec) / 2);
-        if let Some(w) = watchdog {
-            info!(ping_every_ms = w.as_millis() as u64, "systemd watchdog is on.");
-        }
-        Self { watchdog, next_ping: watchdog.map(|w| Instant::now() + w) }
-    }
-
-    fn send(&self, states: &[NotifyState]) {
-        if let Err(e) = sd_notify::notify(false, states) {
-            debug!("cannot notify systemd: {e}");
-        }
-    }
-}
-
 pub struct Observer {
     metrics: Arc<Metrics>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -119,6 +88,8 @@ pub struct Observer {
     haproxy_path: String,
     last_apply: Option<Outcome>,
     last_reload: Option<Outcome>,
+    /// The desired state of the last apply (to tell which services it changed).
+    last_desired: DesiredState,
     started_at: String,
     /// The first discovery change not yet carried by an installed haproxy.cfg.
     first_change: Option<Instant>,
@@ -153,6 +124,7 @@ impl Observer {
             haproxy_path: String::new(),
             last_apply: None,
             last_reload: None,
+            last_desired: DesiredState::default(),
             started_at: timestamp(SystemTime::now()),
             first_change: None,
             notifier: Notifier::from_env(),
@@ -247,15 +219,15 @@ impl Observer {
     }
 
     /// A discovery source reported a problem.
-    pub fn problem(&mut self, service: &ServiceName, e: &WatchError) {
+    pub fn problem(&mut self, service: &ServiceName, e: &SourceError) {
         let Some(t) = self.services.get_mut(service) else { return };
-        if matches!(e, WatchError::Entry { .. }) {
+        if e.is_entry() {
             t.rejected += 1;
             self.metrics.rejected(service.as_str(), 1);
         } else {
             self.metrics.watcher_error(service.as_str());
         }
-        t.last_error = Some(e.to_string());
+        t.last_error = Some(e.report());
         self.publish();
     }
 
@@ -267,23 +239,30 @@ impl Observer {
         self.publish();
     }
 
-    /// An apply ran: `desired` was rendered (compared with `before`, the previous one).
-    pub fn applied(&mut self, before: &DesiredState, desired: &DesiredState, store: &Store, outcome: &ApplyOutcome) {
-        let o = Outcome::now(outcome.word(), outcome.error());
-        self.metrics.apply(outcome.word());
+    /// The driver was handed `desired` and did what `report` says. `file_output` follows the
+    /// desired state whatever HAProxy made of it, as Synapse's does: it tells other consumers
+    /// what discovery found, and a config HAProxy refused (e.g. for an `errorfile` missing)
+    /// says nothing about the backends. `READY=1` is sent once HAProxy runs the config
+    /// (verified through the master CLI when there is one).
+    pub fn applied(&mut self, desired: &DesiredState, store: &Store, report: &Report) {
+        self.runtime_commands(report.runtime_commands, report.runtime_error.is_some());
+        if let Some(result) = &report.reload {
+            self.reloaded(result.clone());
+        }
+        let Some(outcome) = &report.outcome else { return };
+        let o = Outcome::now(word(outcome), error_of(outcome));
+        self.metrics.apply(word(outcome));
         let first = self.last_apply.is_none();
+        let routed = myelin_output::entries(desired, store);
         for (name, t) in &mut self.services {
             let Some(svc) = desired.services.get(name) else { continue };
-            t.backends = svc
-                .ordered_servers()
-                .into_iter()
-                .map(|s| BackendStatus { name: s.name.to_string(), host: s.host.to_string(), port: s.port.get(), weight: s.weight.map(|w| w.get()) })
-                .collect();
+            t.backends = routed.get(name).cloned().unwrap_or_default();
             self.metrics.set_backends(name.as_str(), t.backends.len());
-            if first || before.services.get(name) != Some(svc) || t.last_apply.as_ref().is_some_and(|l| !l.is_ok()) {
+            if first || self.last_desired.services.get(name) != Some(svc) || t.last_apply.as_ref().is_some_and(|l| !l.is_ok()) {
                 t.last_apply = Some(o.clone());
             }
         }
+        self.last_desired = desired.clone();
         let ok = o.is_ok();
         self.last_apply = Some(o);
         if ok {
@@ -292,7 +271,7 @@ impl Observer {
             }
         }
         if let Some(out) = &self.file_output {
-            let result = out.write(&myelin_output::entries(desired, store));
+            let result = out.write(&routed);
             self.file_output_last = Some(match result {
                 Ok(w) => {
                     if !w.written.is_empty() || !w.removed.is_empty() {
@@ -306,15 +285,15 @@ impl Observer {
                 }
             });
         }
-        if !self.ready_sent && ok {
+        if !self.ready_sent && report.in_force() {
             self.ready_sent = true;
             self.notifier.send(&[NotifyState::Ready]);
         }
         self.publish();
         let servers = desired.server_count();
-        let status = match outcome.error() {
-            None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), outcome.word()),
-            Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), outcome.word(), first_line(&e)),
+        let status = match error_of(outcome).or_else(|| report.reload.clone().and_then(Result::err)) {
+            None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), word(outcome)),
+            Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), word(outcome), first_line(&e)),
         };
         self.notifier.send(&[NotifyState::Status(&status)]);
     }
@@ -330,8 +309,8 @@ impl Observer {
         }
     }
 
-    /// `reload_command` ran.
-    pub fn reloaded(&mut self, result: Result<(), String>) {
+    /// HAProxy was reloaded (master CLI or `reload_command`), or failed to.
+    fn reloaded(&mut self, result: Result<(), String>) {
         self.metrics.reload(result.is_ok());
         self.last_reload = Some(match result {
             Ok(()) => Outcome::now("ok", None),
@@ -440,16 +419,6 @@ impl Observer {
     }
 }
 
-/// As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC` applies to this process unless
-/// `WATCHDOG_PID` names another one.
-fn watchdog_usec(usec: Option<String>, pid: Option<String>, me: u32) -> Option<u64> {
-    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
-    match pid {
-        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
-        _ => Some(usec),
-    }
-}
-
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -459,22 +428,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watchdog_is_ours_unless_another_pid_is_named() {
-        let s = |v: &str| Some(v.to_owned());
-        assert_eq!(watchdog_usec(s("200000"), None, 7), Some(200_000));
-        assert_eq!(watchdog_usec(s("200000"), s("7"), 7), Some(200_000));
-        assert_eq!(watchdog_usec(s("200000"), s("8"), 7), None);
-        assert_eq!(watchdog_usec(s("0"), None, 7), None);
-        assert_eq!(watchdog_usec(s("soon"), None, 7), None);
-        assert_eq!(watchdog_usec(None, s("7"), 7), None);
-    }
-
-    #[test]
     fn apply_outcomes_have_the_metric_words() {
-        let all = [ApplyOutcome::Installed, ApplyOutcome::Unchanged, ApplyOutcome::NotWritten, ApplyOutcome::Rejected("x".into()), ApplyOutcome::Failed("y".into())];
-        let words: Vec<_> = all.iter().map(ApplyOutcome::word).collect();
+        let all = [HaOutcome::Installed, HaOutcome::Unchanged, HaOutcome::NotWritten, HaOutcome::Rejected("x".into()), HaOutcome::Failed("y".into())];
+        let words: Vec<_> = all.iter().map(word).collect();
         assert_eq!(words, myelin_admin::APPLY_OUTCOMES);
-        assert_eq!(all[3].error().as_deref(), Some("x"));
-        assert_eq!(all[0].error(), None);
+        assert_eq!(error_of(&all[3]).as_deref(), Some("x"));
+        assert_eq!(error_of(&all[0]), None);
     }
 }

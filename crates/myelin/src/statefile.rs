@@ -3,7 +3,6 @@
 //! `state_file_ttl`) so that a restart while a registry is down does not empty HAProxy.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -39,15 +38,9 @@ pub fn snapshot(store: &Store) -> String {
     serde_json::to_string_pretty(&File { version: 1, services }).expect("serializing strings cannot fail") + "\n"
 }
 
-/// Write atomically: a temporary file next to it, fsync, rename.
+/// Write atomically and durably (as haproxy.cfg is written).
 pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
-    Ok(())
+    Ok(myelin_haproxy::write_atomic(path, text.as_bytes())?)
 }
 
 /// Backends per service from a state file younger than `ttl`. The file is untrusted: every

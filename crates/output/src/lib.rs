@@ -1,40 +1,29 @@
 //! Synapse's `file_output`: for consumers that are not HAProxy, one `<service>.json` per service
 //! in `output_directory`, holding the backends HAProxy is asked to route to. A file is written
-//! only when its content changes, atomically (a temporary file in the same directory, fsynced,
-//! then renamed over it); `*.json` files of services that are no longer configured are removed,
+//! only when its content changes, atomically and durably (`myelin_haproxy::write_atomic`, as
+//! haproxy.cfg); `*.json` files of services that are no longer configured are removed,
 //! as Synapse does.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use myelin_core::{DesiredState, ServiceName, Store};
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot create {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write { path: PathBuf, source: myelin_haproxy::Error },
     #[error("cannot remove {path}: {source}")]
     Remove { path: PathBuf, source: std::io::Error },
     #[error("cannot list {path}: {source}")]
     List { path: PathBuf, source: std::io::Error },
 }
 
-/// One backend, as Synapse writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u16>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
+/// One backend, as Synapse writes it (the shape the status page shows too).
+pub type Entry = myelin_core::RoutedBackend;
 
 /// What one [`FileOutput::write`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,25 +35,7 @@ pub struct Written {
 /// The entries of every service: the servers of the desired state (so `default_servers` and
 /// `backend_port_override` are applied), with the labels discovery gave.
 pub fn entries(desired: &DesiredState, store: &Store) -> BTreeMap<ServiceName, Vec<Entry>> {
-    desired
-        .services
-        .iter()
-        .map(|(name, svc)| {
-            let known = store.backends(name);
-            let list = svc
-                .ordered_servers()
-                .into_iter()
-                .map(|s| Entry {
-                    name: s.name.to_string(),
-                    host: s.host.to_string(),
-                    port: s.port.get(),
-                    weight: s.weight.map(|w| w.get()),
-                    labels: known.get(&s.name).map(|b| b.labels.clone()).unwrap_or_default(),
-                })
-                .collect();
-            (name.clone(), list)
-        })
-        .collect()
+    desired.services.iter().map(|(name, svc)| (name.clone(), svc.routed(&store.backends(name)))).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +61,10 @@ impl FileOutput {
             if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
                 continue;
             }
-            match write_atomically(&path, text.as_bytes()) {
+            match myelin_haproxy::write_atomic(&path, text.as_bytes()) {
                 Ok(()) => done.written.push(name.to_string()),
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(Error::Write { path, source: e });
                 }
             }
         }
@@ -122,25 +93,10 @@ impl FileOutput {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let err = |source| Error::Write { path: path.to_path_buf(), source };
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn svc(s: &str) -> ServiceName {
         ServiceName::parse(s).unwrap()

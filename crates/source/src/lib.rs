@@ -62,6 +62,16 @@ impl std::fmt::Debug for Partition {
 pub struct Context {
     /// The myelin service (e.g. the default name to look up in a registry).
     pub service: ServiceName,
+    /// The configuration file the settings come from: relative paths in them are taken from
+    /// its directory (see [`Context::resolve`]).
+    pub config_file: std::path::PathBuf,
+}
+
+impl Context {
+    /// A path from the settings, taken from the config file's directory unless absolute.
+    pub fn resolve(&self, path: &Path) -> std::path::PathBuf {
+        resolve(&self.config_file, path)
+    }
 }
 
 /// A problem with a source's settings that serde cannot see alone.
@@ -89,12 +99,41 @@ pub trait SourceConfig {
     /// Check what serde could not (ranges, names, combinations); empty when all is well.
     fn check(&self) -> Vec<SettingsProblem>;
 
-    /// Make relative paths absolute, taken from the directory of the config file (`base`).
-    fn resolve_paths(&mut self, base: &Path);
-
     /// The service's sources, one per partition. Opening one starts no I/O: that waits until
-    /// its stream is polled.
+    /// its stream is polled. Relative paths are resolved with [`Context::resolve`].
     fn partitions(&self, cx: &Context) -> Vec<Partition>;
+
+    /// Whether myelin can discover with this kind yet. A kind that cannot is written with its
+    /// `default_servers` only, and `myelin check` says so.
+    fn supported(&self) -> bool {
+        true
+    }
+}
+
+/// `method: static` (Synapse's `base`): the service's `default_servers` only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    #[serde(default)]
+    pub label_filters: Vec<LabelFilter>,
+}
+
+impl SourceConfig for StaticConfig {
+    fn method(&self) -> &'static str {
+        "static"
+    }
+
+    fn label_filters(&self) -> &[LabelFilter] {
+        &self.label_filters
+    }
+
+    fn check(&self) -> Vec<SettingsProblem> {
+        Vec::new()
+    }
+
+    fn partitions(&self, _: &Context) -> Vec<Partition> {
+        vec![Partition::single(Box::new(static_source))]
+    }
 }
 
 /// `default_servers` only (Synapse's `base`): an empty `Reset`, so the service counts as

@@ -10,6 +10,7 @@
 //! the pure functions of [`payload`]; this crate knows nothing of HAProxy.
 #![forbid(unsafe_code)]
 
+mod config;
 mod matching;
 pub mod payload;
 mod source;
@@ -17,6 +18,7 @@ mod source;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use config::{DockerAddress, DockerConfig, DockerServer};
 pub use matching::{glob_matches, ImageRef, Selector};
 pub use payload::{backend_key, classify, verdict, Action, Verdict};
 pub use source::DockerSource;
@@ -122,17 +124,6 @@ pub struct Settings {
     pub require_healthy: bool,
     /// The period of the full resync.
     pub resync: Duration,
-}
-
-/// Why the source could not do what it was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DockerError {
-    #[error("docker engine {endpoint} is unreachable: {reason}")]
-    Unreachable { endpoint: String, reason: String },
-    #[error("docker engine {endpoint}: {reason}")]
-    Api { endpoint: String, reason: String },
-    #[error("docker engine {endpoint}: container {container} is not routed: {reason}")]
-    Container { endpoint: String, container: String, reason: String },
 }
 
 #[cfg(test)]

@@ -1,19 +1,18 @@
 //! One engine's update stream: connect, subscribe to events, list, then follow.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use bollard::Docker;
 use futures::channel::mpsc;
-use futures::{SinkExt, Stream, StreamExt};
-use myelin_core::{Discovered, Update};
+use futures::{SinkExt, StreamExt};
+use myelin_source::{Cause, Discovered, SourceError, Update, UpdateStream};
 use tracing::{debug, info};
 
 use crate::payload::{backend_key, classify, verdict, Action, Verdict};
-use crate::{DockerError, Endpoint, Settings};
+use crate::{Endpoint, Settings};
 
 /// Seconds before a request to the engine (not the events stream) is given up.
 const REQUEST_TIMEOUT: u64 = 10;
@@ -23,8 +22,6 @@ const REPLAY: Duration = Duration::from_secs(2);
 /// A container that got a terminating signal stays out of rotation until it dies or starts
 /// again, but no longer than this (a container that ignores the signal comes back).
 const STOPPING_TTL: Duration = Duration::from_secs(120);
-
-pub type DockerStream = Pin<Box<dyn Stream<Item = Result<Update, DockerError>> + Send>>;
 
 /// The source of one engine for one service. Each [`open`](Self::open) is one connection; the
 /// source remembers across openings what it last reported, so an engine that stays down is
@@ -47,7 +44,7 @@ impl DockerSource {
 
     /// A new connection's stream: a `Reset`, then updates; it ends when the engine goes away.
     /// Dropping it closes the connection.
-    pub fn open(&self) -> DockerStream {
+    pub fn open(&self) -> UpdateStream {
         let (tx, rx) = mpsc::channel(64);
         let run = Run {
             endpoint: self.endpoint.clone(),
@@ -78,20 +75,25 @@ fn client(ep: &Endpoint) -> Result<Docker, bollard::errors::Error> {
     }
 }
 
-/// `bollard`'s errors, shortened to what an operator needs.
-fn reason(e: &bollard::errors::Error) -> String {
+/// `bollard`'s error as the cause of a [`SourceError`]: the engine's own message for an error
+/// reply, else the error itself (with its chain).
+fn cause(e: bollard::errors::Error) -> Cause {
     match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(cause) = src {
-                s = format!("{s}: {cause}");
-                src = cause.source();
-            }
-            s
-        }
+        bollard::errors::Error::DockerResponseServerError { status_code, message } => Cause::msg(format!("{message} (HTTP {status_code})")),
+        other => Cause::new(other),
     }
+}
+
+fn origin(ep: &Endpoint) -> String {
+    format!("docker engine {ep}")
+}
+
+fn unreachable(ep: &Endpoint, e: bollard::errors::Error) -> SourceError {
+    SourceError::Unreachable { origin: origin(ep), cause: cause(e) }
+}
+
+fn failed(ep: &Endpoint, what: impl Into<String>, e: Option<bollard::errors::Error>) -> SourceError {
+    SourceError::Failed { origin: origin(ep), what: what.into(), cause: e.map(cause) }
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -107,7 +109,7 @@ struct Run {
     stopping: HashMap<String, Instant>,
     /// Problems reported per backend key, so a resync does not repeat them.
     reported: HashMap<String, String>,
-    tx: mpsc::Sender<Result<Update, DockerError>>,
+    tx: mpsc::Sender<Result<Update, SourceError>>,
 }
 
 /// The receiver is gone: stop.
@@ -115,14 +117,14 @@ struct Closed;
 
 impl Run {
     async fn run(mut self) {
-        let ep = self.endpoint.to_string();
-        let docker = match client(&self.endpoint) {
+        let ep = self.endpoint.clone();
+        let docker = match client(&ep) {
             Ok(d) => d,
-            Err(e) => return self.fail(DockerError::Unreachable { endpoint: ep, reason: reason(&e) }).await,
+            Err(e) => return self.fail(unreachable(&ep, e)).await,
         };
         let docker = match docker.negotiate_version().await {
             Ok(d) => d,
-            Err(e) => return self.fail(DockerError::Unreachable { endpoint: ep, reason: reason(&e) }).await,
+            Err(e) => return self.fail(unreachable(&ep, e)).await,
         };
         let since = SystemTime::now().checked_sub(REPLAY).unwrap_or(UNIX_EPOCH).duration_since(UNIX_EPOCH).unwrap_or_default();
         let options = EventsOptions {
@@ -143,8 +145,8 @@ impl Run {
                     biased;
                     ev = events.next() => match ev {
                         Some(Ok(ev)) => early.push(ev),
-                        Some(Err(e)) => break Err(DockerError::Api { endpoint: ep.clone(), reason: format!("events stream failed: {}", reason(&e)) }),
-                        None => break Err(DockerError::Api { endpoint: ep.clone(), reason: "events stream closed".into() }),
+                        Some(Err(e)) => break Err(failed(&ep, "events stream failed", Some(e))),
+                        None => break Err(failed(&ep, "events stream closed", None)),
                     },
                     r = &mut listing => break r,
                 }
@@ -180,8 +182,8 @@ impl Run {
             let outcome = tokio::select! {
                 ev = events.next() => match ev {
                     Some(Ok(ev)) => self.event(&docker, ev).await,
-                    Some(Err(e)) => Ok(Err(DockerError::Api { endpoint: ep.clone(), reason: format!("events stream failed: {}", reason(&e)) })),
-                    None => Ok(Err(DockerError::Api { endpoint: ep.clone(), reason: "events stream closed".into() })),
+                    Some(Err(e)) => Ok(Err(failed(&ep, "events stream failed", Some(e)))),
+                    None => Ok(Err(failed(&ep, "events stream closed", None))),
                 },
                 _ = resync.tick() => match self.list(&docker).await {
                     Ok((all, problems)) => self.resync(all, problems).await,
@@ -196,14 +198,14 @@ impl Run {
         }
     }
 
-    async fn send(&mut self, item: Result<Update, DockerError>) -> Result<(), Closed> {
+    async fn send(&mut self, item: Result<Update, SourceError>) -> Result<(), Closed> {
         self.tx.send(item).await.map_err(|_| Closed)
     }
 
     /// The connection is lost or could not be made: report it unless it is what was reported
     /// last (an engine that stays down is reported once), and end the stream.
-    async fn fail(mut self, e: DockerError) {
-        let text = e.to_string();
+    async fn fail(mut self, e: SourceError) {
+        let text = e.report();
         let fresh = self.last_problem.lock().map(|mut p| p.replace(text.clone()).as_deref() != Some(text.as_str())).unwrap_or(true);
         if fresh {
             let _ = self.send(Err(e)).await;
@@ -212,7 +214,7 @@ impl Run {
         }
     }
 
-    async fn resync(&mut self, all: Vec<Discovered>, problems: Vec<DockerError>) -> Result<Result<(), DockerError>, Closed> {
+    async fn resync(&mut self, all: Vec<Discovered>, problems: Vec<SourceError>) -> Result<Result<(), SourceError>, Closed> {
         for p in problems {
             self.send(Err(p)).await?;
         }
@@ -220,31 +222,31 @@ impl Run {
         Ok(Ok(()))
     }
 
-    async fn inspect(&self, docker: &Docker, id: &str) -> Result<Option<bollard::models::ContainerInspectResponse>, DockerError> {
+    async fn inspect(&self, docker: &Docker, id: &str) -> Result<Option<bollard::models::ContainerInspectResponse>, SourceError> {
         match docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(c) => Ok(Some(c)),
             // Gone in the meantime: its events follow.
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(DockerError::Api { endpoint: self.endpoint.to_string(), reason: format!("inspecting container {id}: {}", reason(&e)) }),
+            Err(e) => Err(failed(&self.endpoint, format!("inspecting container {id}"), Some(e))),
         }
     }
 
     /// A problem with one container, unless it was already reported.
-    fn problem(&mut self, key: &str, reason: String) -> Option<DockerError> {
+    fn problem(&mut self, key: &str, reason: String) -> Option<SourceError> {
         if self.reported.get(key) == Some(&reason) {
             return None;
         }
         self.reported.insert(key.to_owned(), reason.clone());
-        Some(DockerError::Container { endpoint: self.endpoint.to_string(), container: key.to_owned(), reason })
+        Some(SourceError::Failed { origin: origin(&self.endpoint), what: format!("container {key} is not routed"), cause: Some(Cause::msg(reason)) })
     }
 
     /// Every running container of the service, and the problems found on the way.
-    async fn list(&mut self, docker: &Docker) -> Result<(Vec<Discovered>, Vec<DockerError>), DockerError> {
+    async fn list(&mut self, docker: &Docker) -> Result<(Vec<Discovered>, Vec<SourceError>), SourceError> {
         let options = ListContainersOptions { all: false, filters: Some([("status".to_owned(), vec!["running".to_owned()])].into()), ..Default::default() };
         let summaries = docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| DockerError::Api { endpoint: self.endpoint.to_string(), reason: format!("listing containers: {}", reason(&e)) })?;
+            .map_err(|e| failed(&self.endpoint, "listing containers", Some(e)))?;
         let now = Instant::now();
         self.stopping.retain(|_, at| now.duration_since(*at) < STOPPING_TTL);
         let mut all = Vec::new();
@@ -277,7 +279,7 @@ impl Run {
     }
 
     /// Apply one event. The outer error means stop; the inner one, a lost connection.
-    async fn event(&mut self, docker: &Docker, ev: bollard::models::EventMessage) -> Result<Result<(), DockerError>, Closed> {
+    async fn event(&mut self, docker: &Docker, ev: bollard::models::EventMessage) -> Result<Result<(), SourceError>, Closed> {
         let action = ev.action.clone().unwrap_or_default();
         match classify(&ev) {
             Action::Ignore => {}
@@ -314,7 +316,7 @@ impl Run {
         Ok(Ok(()))
     }
 
-    async fn refresh(&mut self, docker: &Docker, id: &str, action: &str) -> Result<Result<(), DockerError>, Closed> {
+    async fn refresh(&mut self, docker: &Docker, id: &str, action: &str) -> Result<Result<(), SourceError>, Closed> {
         let c = match self.inspect(docker, id).await {
             Ok(Some(c)) => c,
             Ok(None) => return Ok(Ok(())),

@@ -2,26 +2,26 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
-use myelin_config::LabelFilter;
-use myelin_core::{ServiceName, Update};
+use myelin_source::{LabelFilter, Opener, Partition, ServiceName, SourceError, Update};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::{Opener, WatchError};
-
 /// What the supervisor tells the store's owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Event {
     pub service: ServiceName,
     pub partition: String,
+    /// The generation of the watcher that sent it: events of a watcher that has since been
+    /// replaced (at SIGHUP) are stale.
+    pub generation: u64,
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum EventKind {
     Update(Update),
     /// A problem the source reported; the service keeps its backends.
-    Problem(WatchError),
+    Problem(SourceError),
     /// The source's stream ended; it is reopened after `retry_in`.
     Disconnected { retry_in: Duration },
 }
@@ -41,7 +41,7 @@ fn filter(update: Update, filters: &[LabelFilter]) -> Update {
     if filters.is_empty() {
         return update;
     }
-    let pass = |d: &myelin_core::Discovered| filters.iter().all(|f| f.matches(&d.labels));
+    let pass = |d: &myelin_source::Discovered| filters.iter().all(|f| f.matches(&d.labels));
     match update {
         Update::Reset(all) => Update::Reset(all.into_iter().filter(|d| pass(d)).collect()),
         Update::Upsert(d) if !pass(&d) => Update::Remove(d.key()),
@@ -53,7 +53,8 @@ fn filter(update: Update, filters: &[LabelFilter]) -> Update {
 /// backoff and jitter when it ends. Updates before the first `Reset` of each opening are
 /// dropped, so after every reconnect the store sees a complete set first. Returns when the
 /// receiver is gone; cancel it by dropping (aborting) its task.
-pub async fn supervise(service: ServiceName, partition: String, open: Opener, filters: Vec<LabelFilter>, tx: mpsc::Sender<Event>) {
+pub async fn supervise(service: ServiceName, source: Partition, generation: u64, filters: Vec<LabelFilter>, tx: mpsc::Sender<Event>) {
+    let Partition { name: partition, open } = source;
     let mut delays = backoff();
     let mut was_synced = false;
     loop {
@@ -78,7 +79,7 @@ pub async fn supervise(service: ServiceName, partition: String, open: Opener, fi
                 }
                 Err(e) => EventKind::Problem(e),
             };
-            if tx.send(Event { service: service.clone(), partition: partition.clone(), kind }).await.is_err() {
+            if tx.send(Event { service: service.clone(), partition: partition.clone(), generation, kind }).await.is_err() {
                 return;
             }
         }
@@ -89,7 +90,7 @@ pub async fn supervise(service: ServiceName, partition: String, open: Opener, fi
             debug!(%service, partition, retry_in_ms = retry_in.as_millis() as u64, "Source still unavailable.");
         }
         was_synced = false;
-        let ev = Event { service: service.clone(), partition: partition.clone(), kind: EventKind::Disconnected { retry_in } };
+        let ev = Event { service: service.clone(), partition: partition.clone(), generation, kind: EventKind::Disconnected { retry_in } };
         if tx.send(ev).await.is_err() {
             return;
         }
@@ -99,7 +100,7 @@ pub async fn supervise(service: ServiceName, partition: String, open: Opener, fi
 
 /// Open a source once and wait for its first complete set (for `myelin render`), with the
 /// problems reported on the way.
-pub async fn first_sync(open: &Opener, timeout: Duration) -> Result<(Update, Vec<WatchError>), WatchError> {
+pub async fn first_sync(open: &Opener, timeout: Duration) -> Result<(Update, Vec<SourceError>), SourceError> {
     let mut stream = open();
     let mut problems = Vec::new();
     let wait = async {
@@ -114,15 +115,14 @@ pub async fn first_sync(open: &Opener, timeout: Duration) -> Result<(Update, Vec
     };
     match tokio::time::timeout(timeout, wait).await {
         Ok(Some(u)) => Ok((u, problems)),
-        _ => Err(problems.pop().unwrap_or(WatchError::Read { path: "source".into(), reason: format!("no answer within {timeout:?}") })),
+        _ => Err(problems.pop().unwrap_or_else(|| SourceError::failed("the source", format!("no complete answer within {timeout:?}")))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use myelin_config::LabelCondition;
-    use myelin_core::Discovered;
+    use myelin_source::{Discovered, LabelCondition};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -136,20 +136,22 @@ mod tests {
                 vec![Ok(Update::Reset(vec![Discovered::new("127.0.0.1", 1)]))]
             } else {
                 // After a reconnect this source (wrongly) starts with an upsert: it is dropped.
-                vec![Ok(Update::Upsert(Discovered::new("127.0.0.1", 2))), Err(WatchError::Unsupported("x")), Ok(Update::Reset(vec![]))]
+                vec![Ok(Update::Upsert(Discovered::new("127.0.0.1", 2))), Err(SourceError::failed("x", "broken")), Ok(Update::Reset(vec![]))]
             };
             Box::pin(futures::stream::iter(items))
         });
         let (tx, mut rx) = mpsc::channel(16);
         let svc = ServiceName::parse("web").unwrap();
-        let task = tokio::spawn(supervise(svc, String::new(), open, vec![], tx));
-        let kinds: Vec<EventKind> = futures::stream::poll_fn(|cx| rx.poll_recv(cx)).take(6).map(|e| e.kind).collect().await;
+        let task = tokio::spawn(supervise(svc, Partition::single(open), 7, vec![], tx));
+        let events: Vec<Event> = futures::stream::poll_fn(|cx| rx.poll_recv(cx)).take(6).collect().await;
+        assert!(events.iter().all(|e| e.generation == 7));
+        let kinds: Vec<EventKind> = events.into_iter().map(|e| e.kind).collect();
         task.abort();
         assert!(matches!(&kinds[0], EventKind::Update(Update::Reset(v)) if v.len() == 1));
         let EventKind::Disconnected { retry_in } = kinds[1] else { panic!("{kinds:?}") };
         assert!(retry_in >= Duration::from_millis(250) && retry_in <= Duration::from_secs(1), "{retry_in:?}");
-        assert_eq!(kinds[2], EventKind::Problem(WatchError::Unsupported("x")));
-        assert_eq!(kinds[3], EventKind::Update(Update::Reset(vec![])));
+        assert!(matches!(&kinds[2], EventKind::Problem(e) if e.report() == "x: broken"), "{kinds:?}");
+        assert!(matches!(&kinds[3], EventKind::Update(Update::Reset(v)) if v.is_empty()), "{kinds:?}");
         assert!(matches!(kinds[4], EventKind::Disconnected { .. }));
         assert!(opens.load(Ordering::SeqCst) >= 3);
     }

@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::stream;
-use myelin_core::{Discovered, Update};
+use myelin_source::{Cause, Discovered, SourceError, Update, UpdateStream};
 use notify::{RecursiveMode, Watcher};
 use serde_yaml_ng::Value;
 use tokio::sync::mpsc;
-
-use crate::{UpdateStream, WatchError};
 
 const FIELDS: &[&str] = &["name", "host", "port", "weight", "labels"];
 
@@ -95,20 +93,24 @@ fn entry_of(v: Value) -> Result<Discovered, String> {
     Ok(d)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, WatchError> {
-    std::fs::read(path).map_err(|e| WatchError::Read { path: path.display().to_string(), reason: e.to_string() })
+fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
+    std::fs::read(path).map_err(|e| SourceError::failed_with(path.display().to_string(), "cannot read", e))
 }
 
-fn updates_of(path: &Path, bytes: &[u8]) -> Vec<Result<Update, WatchError>> {
+fn malformed(path: String, reason: impl std::fmt::Display) -> SourceError {
+    SourceError::Failed { origin: path, what: "is malformed".into(), cause: Some(Cause::msg(reason)) }
+}
+
+fn updates_of(path: &Path, bytes: &[u8]) -> Vec<Result<Update, SourceError>> {
     let p = path.display().to_string();
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
-        Err(_) => return vec![Err(WatchError::Malformed { path: p, reason: "not UTF-8".into() })],
+        Err(_) => return vec![Err(malformed(p, "not UTF-8"))],
     };
     match parse_backends(text) {
-        Err(reason) => vec![Err(WatchError::Malformed { path: p, reason })],
+        Err(reason) => vec![Err(malformed(p, reason))],
         Ok((ok, bad)) => {
-            let mut out: Vec<_> = bad.into_iter().map(|(index, reason)| Err(WatchError::Entry { path: p.clone(), index, reason })).collect();
+            let mut out: Vec<_> = bad.into_iter().map(|(index, reason)| Err(SourceError::entry(p.clone(), format!("entry {index}"), reason))).collect();
             out.push(Ok(Update::Reset(ok)));
             out
         }
@@ -122,7 +124,7 @@ struct State {
     _watcher: notify::RecommendedWatcher,
     events: mpsc::UnboundedReceiver<()>,
     last: Option<Vec<u8>>,
-    queue: VecDeque<Result<Update, WatchError>>,
+    queue: VecDeque<Result<Update, SourceError>>,
 }
 
 impl State {
@@ -170,7 +172,7 @@ pub fn file_source(path: PathBuf, quiet: Duration) -> UpdateStream {
     let watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
-            let err = WatchError::Watch { path: dir.display().to_string(), reason: e.to_string() };
+            let err = SourceError::failed_with(dir.display().to_string(), "cannot watch", e);
             return Box::pin(stream::once(async move { Err(err) }));
         }
     };
@@ -213,11 +215,11 @@ mod tests {
         assert_eq!(parse_backends("").unwrap().0.len(), 0);
     }
 
-    async fn next(s: &mut UpdateStream) -> Result<Update, WatchError> {
+    async fn next(s: &mut UpdateStream) -> Result<Update, SourceError> {
         tokio::time::timeout(Duration::from_secs(5), s.next()).await.expect("an update within 5 s").expect("stream open")
     }
 
-    fn reset_len(u: Result<Update, WatchError>) -> usize {
+    fn reset_len(u: Result<Update, SourceError>) -> usize {
         match u {
             Ok(Update::Reset(v)) => v.len(),
             other => panic!("expected a reset, got {other:?}"),
@@ -238,7 +240,7 @@ mod tests {
 
         // Malformed: reported, nothing else.
         std::fs::write(&path, "- {host: [\n").unwrap();
-        assert!(matches!(next(&mut s).await, Err(WatchError::Malformed { .. })));
+        assert!(matches!(next(&mut s).await, Err(e) if e.report().contains("is malformed")));
 
         // Replaced by rename, as editors do.
         let tmp = dir.path().join(".backends.yaml.swp");
@@ -248,7 +250,7 @@ mod tests {
 
         // Deleted, then created again.
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(next(&mut s).await, Err(WatchError::Read { .. })));
+        assert!(matches!(next(&mut s).await, Err(e) if e.report().contains("backends.yaml: cannot read")));
         std::fs::write(&path, "[]").unwrap();
         assert_eq!(reset_len(next(&mut s).await), 0);
     }
@@ -256,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn missing_directory_ends_the_stream() {
         let mut s = file_source(PathBuf::from("/nonexistent-myelin-dir/backends.yaml"), Duration::from_millis(20));
-        assert!(matches!(next(&mut s).await, Err(WatchError::Watch { .. })));
+        assert!(matches!(next(&mut s).await, Err(e) if e.report().contains("cannot watch")));
         assert!(s.next().await.is_none());
     }
 }

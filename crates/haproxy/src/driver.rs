@@ -1,0 +1,640 @@
+//! The driver: everything that brings HAProxy to a desired state and keeps it there. It owns
+//! the writer, the reload gate, the runtime API and master CLI clients, what HAProxy runs, the
+//! refused state, and the servers being drained with their deadlines. Its surface is small:
+//! [`Driver::apply`] a desired state and get a [`Report`]; ask [`Driver::next_wake`] when it
+//! has timed work (drains, drift checks) and call [`Driver::tick`] then; ask
+//! [`Driver::wants_apply`] / [`Driver::earliest_apply`] whether and when it needs an apply.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use myelin_core::{diff, BackendName, DesiredState, ServerName};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::route::{fallback, route, Reload, Route, Situation};
+use crate::{filter_state_file, render, run_command, servers_on_disk, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Runtime, Writer};
+
+/// The shortest wait before an apply that failed is tried again.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often servers being drained are checked for remaining sessions.
+const DRAIN_TICK: Duration = Duration::from_millis(250);
+/// How long after its drain timeout a server that cannot be deleted is given up on (it stays in
+/// maintenance, taking no traffic, until the next reload drops it).
+const DELETE_GRACE: Duration = Duration::from_secs(10);
+/// The first drift check after an apply.
+const FIRST_VERIFY: Duration = Duration::from_secs(1);
+
+/// How the driver drives HAProxy (from the `haproxy` section of the configuration).
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    pub writer: Writer,
+    pub do_reloads: bool,
+    /// Run when there is no master CLI (argv).
+    pub reload_command: Option<Vec<String>>,
+    pub restart_interval: Duration,
+    pub restart_jitter: f64,
+    /// The stats socket, when the runtime API is on.
+    pub socket: Option<PathBuf>,
+    /// The master CLI: reloads go through it and are verified.
+    pub master_socket: Option<PathBuf>,
+    pub drain_timeout: Duration,
+    /// HAProxy's `server-state-file`, saved before each reload (with the runtime API).
+    pub server_state_file: Option<PathBuf>,
+    pub verify_interval: Duration,
+}
+
+/// What became of a desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// haproxy.cfg was replaced (and HAProxy runs it: through the runtime API, or reloaded).
+    Installed,
+    /// haproxy.cfg already had these bytes.
+    Unchanged,
+    /// `do_writes` is off.
+    NotWritten,
+    /// The check refused the candidate; the config in force is unchanged.
+    Rejected(String),
+    /// Writing or reloading failed; it is tried again.
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Installed | Self::Unchanged | Self::NotWritten)
+    }
+}
+
+/// What a call to the driver did: for the status, the metrics and systemd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// What became of the desired state; `None` when nothing was attempted (the same state as
+    /// the one refused last).
+    pub outcome: Option<Outcome>,
+    /// Runtime API commands that succeeded.
+    pub runtime_commands: u64,
+    /// The runtime API failed (and the change fell back to a reload).
+    pub runtime_error: Option<String>,
+    /// A reload was attempted: `Ok` when HAProxy runs the new config (verified through the
+    /// master CLI when there is one).
+    pub reload: Option<Result<(), String>>,
+    /// Servers added, removed and changed by the plan.
+    pub servers: (usize, usize, usize),
+}
+
+impl Report {
+    /// Whether HAProxy runs the desired state as far as myelin can tell: applied, and any
+    /// reload it needed done.
+    pub fn in_force(&self) -> bool {
+        self.outcome.as_ref().is_some_and(Outcome::is_ok) && !matches!(self.reload, Some(Err(_)))
+    }
+}
+
+pub struct Driver {
+    s: DriverSettings,
+    gate: ReloadGate,
+    runtime: Option<Runtime>,
+    master: Option<Master>,
+    /// What HAProxy runs, as far as myelin knows; `None` until the first apply.
+    applied: Option<DesiredState>,
+    /// The last desired state HAProxy refused: not tried again until something changes.
+    refused: Option<DesiredState>,
+    /// haproxy.cfg changed (or HAProxy drifted) and a reload is owed.
+    reload_pending: bool,
+    /// An apply failed and is to be tried again, not before this.
+    retry_at: Option<Instant>,
+    /// Servers removed through the runtime API and draining, with their deadlines.
+    draining: BTreeMap<(BackendName, ServerName), Instant>,
+    drain_check_at: Option<Instant>,
+    verify_at: Option<Instant>,
+}
+
+impl Driver {
+    pub fn new(s: DriverSettings) -> Self {
+        let gate = ReloadGate::new(s.restart_interval, s.restart_jitter);
+        let mut d = Self {
+            gate,
+            runtime: None,
+            master: None,
+            applied: None,
+            refused: None,
+            reload_pending: false,
+            retry_at: None,
+            draining: BTreeMap::new(),
+            drain_check_at: None,
+            verify_at: None,
+            s,
+        };
+        d.set_clients();
+        d
+    }
+
+    /// New settings (SIGHUP). What runs and what drains is kept; a refused state is tried again,
+    /// since what the check depends on may have changed.
+    pub fn reconfigure(&mut self, s: DriverSettings) {
+        if s.restart_interval != self.s.restart_interval || s.restart_jitter != self.s.restart_jitter {
+            self.gate = ReloadGate::new(s.restart_interval, s.restart_jitter);
+        }
+        self.s = s;
+        self.refused = None;
+        self.set_clients();
+    }
+
+    fn set_clients(&mut self) {
+        self.runtime = self.s.socket.clone().map(Runtime::new);
+        self.master = self.s.master_socket.clone().map(Master::new);
+        if self.runtime.is_none() {
+            self.draining.clear();
+            self.drain_check_at = None;
+            self.verify_at = None;
+        }
+    }
+
+    /// Whether the driver needs an apply even if nothing changed (a reload is owed, or an
+    /// apply failed and is to be retried).
+    pub fn wants_apply(&self) -> bool {
+        self.reload_pending || self.retry_at.is_some()
+    }
+
+    /// The earliest moment the next apply may run: reloads are spaced by `restart_interval`,
+    /// and a failed apply waits a little.
+    pub fn earliest_apply(&self, now: Instant) -> Instant {
+        let at = self.gate.next_allowed(now);
+        self.retry_at.map_or(at, |r| r.max(at))
+    }
+
+    /// When [`Driver::tick`] has work: a drain check or a drift check.
+    pub fn next_wake(&self) -> Option<Instant> {
+        match (self.drain_check_at, self.verify_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bring HAProxy to `desired`: through the runtime API when only servers changed,
+    /// otherwise a validated haproxy.cfg and a reload (see [`route`]).
+    pub async fn apply(&mut self, desired: &DesiredState) -> Report {
+        self.retry_at = None;
+        let mut report = Report::default();
+        let first = self.applied.is_none();
+        let current = self.current(desired);
+        let plan = current.as_ref().map(|c| diff(c, desired));
+        report.servers = plan.as_ref().map_or((0, 0, 0), |p| p.server_counts());
+        let (added, removed, changed) = report.servers;
+        let situation = Situation {
+            runtime: self.runtime.is_some(),
+            reload_pending: self.reload_pending,
+            refused: self.refused.as_ref() == Some(desired),
+            plan: plan.as_ref(),
+            desired,
+        };
+        let mut how = route(situation);
+        if how == Route::Skip {
+            return report;
+        }
+        let text = render(desired);
+        if matches!(how, Route::Runtime(_)) {
+            if let Err(e) = self.s.writer.gate(&text).await {
+                return self.not_installed(desired, e, report);
+            }
+        }
+        if let Route::Runtime(ops) = &how {
+            // Membership changes go to HAProxy first (milliseconds), the file right after: its
+            // structure was validated before, and HAProxy itself accepted the servers.
+            match self.run_ops(ops, &mut report).await {
+                Ok(()) => {
+                    let outcome = match self.s.writer.install_accepted(&text).await {
+                        Ok(_) => Outcome::Installed,
+                        Err(e) => {
+                            error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
+                            self.retry_later();
+                            Outcome::Failed(e.to_string())
+                        }
+                    };
+                    info!(added, removed, changed, commands = report.runtime_commands, "Applied through the runtime API; no reload.");
+                    report.outcome = Some(outcome);
+                    self.applied = Some(desired.clone());
+                    self.arm_verify();
+                    return report;
+                }
+                Err(e) => {
+                    warn!("The runtime API failed ({e}); falling back to a reload.");
+                    report.runtime_error = Some(e.to_string());
+                    how = fallback();
+                }
+            }
+        }
+        let Route::File(reload) = how else { return report };
+        let outcome = match self.s.writer.install(&text).await {
+            Ok(o) => o,
+            Err(e) => return self.not_installed(desired, e, report),
+        };
+        self.refused = None;
+        report.outcome = Some(match outcome {
+            InstallOutcome::Installed => Outcome::Installed,
+            InstallOutcome::Unchanged => Outcome::Unchanged,
+            InstallOutcome::NotWritten => Outcome::NotWritten,
+        });
+        match outcome {
+            InstallOutcome::Installed => {
+                let structural = plan.as_ref().is_none_or(|p| p.reload_required());
+                info!(added, removed, changed, structural, servers = desired.server_count(), "Installed a new haproxy.cfg.");
+            }
+            InstallOutcome::Unchanged if first => {
+                info!(servers = desired.server_count(), "haproxy.cfg is already up to date; no reload needed.");
+            }
+            InstallOutcome::NotWritten => info!(added, removed, changed, "Changes computed; not written (do_writes is off)."),
+            InstallOutcome::Unchanged => {}
+        }
+        let owed = match reload {
+            Reload::Always => true,
+            Reload::IfWritten => outcome == InstallOutcome::Installed,
+            Reload::Never => false,
+        };
+        if owed {
+            self.reload_pending = self.s.do_reloads;
+        }
+        if self.reload_pending {
+            let result = self.reload(desired).await;
+            let ok = result.is_ok();
+            report.reload = Some(result);
+            if !ok {
+                return report;
+            }
+        }
+        self.applied = Some(desired.clone());
+        self.arm_verify();
+        report
+    }
+
+    /// The check refused `desired` (it is not tried again until it changes), or writing failed
+    /// (tried again after a pause).
+    fn not_installed(&mut self, desired: &DesiredState, e: Error, mut report: Report) -> Report {
+        if let Error::Rejected { .. } = e {
+            error!("{e}. The config in force is unchanged.");
+            report.outcome = Some(Outcome::Rejected(e.to_string()));
+            self.refused = Some(desired.clone());
+        } else {
+            error!("Writing haproxy.cfg failed: {e}. Retrying.");
+            report.outcome = Some(Outcome::Failed(e.to_string()));
+            self.retry_later();
+        }
+        report
+    }
+
+    /// Timed work: delete drained servers, check HAProxy for drift. A drift makes
+    /// [`Driver::wants_apply`] true (it is repaired with a reload).
+    pub async fn tick(&mut self) -> Report {
+        let now = Instant::now();
+        let mut report = Report::default();
+        if self.drain_check_at.is_some_and(|at| at <= now) {
+            self.finish_drains(&mut report).await;
+        }
+        if self.verify_at.is_some_and(|at| at <= now) {
+            self.verify().await;
+        }
+        report
+    }
+
+    /// What HAProxy runs now: known from the last apply, or at start-up read back from the
+    /// haproxy.cfg on disk when only its servers differ from `desired`.
+    fn current(&self, desired: &DesiredState) -> Option<DesiredState> {
+        if let Some(a) = &self.applied {
+            return Some(a.clone());
+        }
+        let disk = std::fs::read_to_string(&self.s.writer.path).ok()?;
+        servers_on_disk(&disk, desired)
+    }
+
+    fn retry_later(&mut self) {
+        self.retry_at = Some(Instant::now() + MIN_RETRY.max(self.s.restart_interval));
+    }
+
+    /// Drift checks run every `verify_interval` after any successful apply, whichever path it
+    /// took.
+    fn arm_verify(&mut self) {
+        if self.runtime.is_some() && self.verify_at.is_none() {
+            self.verify_at = Some(Instant::now() + FIRST_VERIFY.min(self.s.verify_interval));
+        }
+    }
+
+    fn schedule_drain_check(&mut self) {
+        self.drain_check_at = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
+    }
+
+    /// Carry out runtime operations, counting the commands sent.
+    async fn run_ops(&mut self, ops: &[Op], report: &mut Report) -> Result<(), Error> {
+        let Some(rt) = self.runtime.clone() else { return Ok(()) };
+        for op in ops {
+            match op {
+                // Back before its drain finished: the server is still there.
+                Op::Add { backend, server } if self.draining.contains_key(&(backend.clone(), server.name.clone())) => {
+                    rt.update(backend, server).await?;
+                    rt.set_state(backend, &server.name, "ready").await?;
+                    self.draining.remove(&(backend.clone(), server.name.clone()));
+                    report.runtime_commands += 3;
+                }
+                Op::Drain { backend, name } => {
+                    report.runtime_commands += rt.apply(op).await? as u64;
+                    self.draining.insert((backend.clone(), name.clone()), Instant::now() + self.s.drain_timeout);
+                }
+                op => report.runtime_commands += rt.apply(op).await? as u64,
+            }
+        }
+        if self.drain_check_at.is_none() {
+            self.schedule_drain_check();
+        }
+        Ok(())
+    }
+
+    /// Delete drained servers whose sessions reached zero or whose drain timeout passed.
+    async fn finish_drains(&mut self, report: &mut Report) {
+        let Some(rt) = self.runtime.clone() else {
+            self.draining.clear();
+            self.schedule_drain_check();
+            return;
+        };
+        let sessions = match rt.sessions().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("Cannot read sessions of draining servers: {e}");
+                None
+            }
+        };
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .draining
+            .iter()
+            .filter(|((b, n), deadline)| {
+                now >= **deadline || sessions.as_ref().is_some_and(|s| s.get(&(b.to_string(), n.to_string())).copied().unwrap_or(0) == 0)
+            })
+            .map(|(k, d)| (k.clone(), *d))
+            .collect();
+        for ((backend, name), deadline) in due {
+            match rt.remove(&backend, &name).await {
+                Ok(n) => {
+                    report.runtime_commands += n as u64;
+                    self.draining.remove(&(backend.clone(), name.clone()));
+                    info!(backend = %backend, server = %name, timed_out = now >= deadline, "Drained and deleted a server.");
+                }
+                Err(e) if now >= deadline + DELETE_GRACE => {
+                    self.draining.remove(&(backend.clone(), name.clone()));
+                    warn!(backend = %backend, server = %name, "Cannot delete a drained server ({e}); it stays in maintenance until the next reload.");
+                }
+                Err(_) => {}
+            }
+        }
+        self.schedule_drain_check();
+    }
+
+    /// Compare what HAProxy runs with what it should run; a difference owes a reload.
+    async fn verify(&mut self) {
+        self.verify_at = Some(Instant::now() + self.s.verify_interval);
+        let (Some(rt), Some(applied)) = (&self.runtime, &self.applied) else { return };
+        if self.reload_pending {
+            return;
+        }
+        match rt.servers_state().await {
+            Ok(observed) => {
+                let draining: Vec<_> = self.draining.keys().cloned().collect();
+                let drift = crate::drift(applied, &observed, &draining);
+                if !drift.is_empty() {
+                    warn!(drift = ?drift, "HAProxy's servers differ from the desired state; repairing with a reload.");
+                    self.reload_pending = self.s.do_reloads;
+                }
+            }
+            Err(e) => warn!("Cannot check HAProxy's servers: {e}"),
+        }
+    }
+
+    /// Save the server state, then reload: through the master CLI (verified: a new worker must
+    /// appear), or `reload_command`.
+    async fn reload(&mut self, desired: &DesiredState) -> Result<(), String> {
+        let now = Instant::now();
+        self.gate.record(now);
+        if let (Some(rt), Some(path)) = (&self.runtime, &self.s.server_state_file) {
+            match rt.servers_state_text().await {
+                Ok(text) => {
+                    if let Err(e) = write_atomic(path, filter_state_file(&text, desired).as_bytes()) {
+                        warn!("Cannot save the server state before the reload: {e}");
+                    }
+                }
+                Err(e) => {
+                    warn!("Cannot save the server state before the reload: {e}");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let result = match (&self.master, &self.s.reload_command) {
+            (Some(m), _) => m.reload().await,
+            (None, Some(argv)) => run_command(argv, &[], RELOAD_TIMEOUT).await.map(|_| ()),
+            (None, None) => {
+                self.reload_pending = false;
+                return Ok(());
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.reload_pending = false;
+                // Servers that were draining are gone from the new workers.
+                self.draining.clear();
+                self.schedule_drain_check();
+                let how = if self.master.is_some() { "master CLI" } else { "reload_command" };
+                info!(took_ms = now.elapsed().as_millis() as u64, how, "Reloaded HAProxy.");
+                Ok(())
+            }
+            Err(e) => {
+                error!("Reloading HAProxy failed: {e}. Retrying.");
+                self.retry_later();
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use myelin_core::{BackendOrder, DesiredService, Host, Port, Server, ServiceName, ServiceShape};
+
+    fn state(ports: &[u16]) -> DesiredState {
+        let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
+        let servers = ports
+            .iter()
+            .map(|p| Server { name: ServerName::parse(&format!("s{p}")).unwrap(), host: Host::parse("127.0.0.1").unwrap(), port: Port::new(*p).unwrap(), weight: None, options: None })
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..DesiredState::default() }
+    }
+
+    fn sh(s: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), s.into()]
+    }
+
+    /// A driver on a temporary directory: `check` and `reload` are shell commands; reloads are
+    /// counted in the file `reloads`.
+    fn driver(dir: &std::path::Path, check: &str, reload: &str, socket: Option<PathBuf>) -> Driver {
+        Driver::new(DriverSettings {
+            writer: Writer {
+                path: dir.join("haproxy.cfg"),
+                do_writes: true,
+                do_checks: true,
+                check_command: Some(sh(check)),
+                haproxy_bin: "haproxy".into(),
+                timeout: Duration::from_secs(5),
+            },
+            do_reloads: true,
+            reload_command: Some(sh(&format!("echo x >> {}; {reload}", dir.join("reloads").display()))),
+            restart_interval: Duration::ZERO,
+            restart_jitter: 0.0,
+            socket,
+            master_socket: None,
+            drain_timeout: Duration::from_secs(1),
+            server_state_file: None,
+            verify_interval: Duration::from_secs(30),
+        })
+    }
+
+    fn reloads(dir: &std::path::Path) -> usize {
+        std::fs::read_to_string(dir.join("reloads")).map_or(0, |s| s.lines().count())
+    }
+
+    #[tokio::test]
+    async fn installs_reloads_once_and_then_leaves_an_unchanged_state_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path(), "true", "true", None);
+        let r = d.apply(&state(&[1])).await;
+        assert!(r.in_force());
+        assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), Some(Ok(()))));
+        assert_eq!(reloads(dir.path()), 1);
+        let r = d.apply(&state(&[1])).await;
+        assert_eq!((r.outcome, r.reload), (Some(Outcome::Unchanged), None));
+        // Without the runtime API, a server change is a file and a reload.
+        let r = d.apply(&state(&[1, 2])).await;
+        assert_eq!((r.outcome, r.reload, r.servers), (Some(Outcome::Installed), Some(Ok(())), (1, 0, 0)));
+        assert_eq!(reloads(dir.path()), 2);
+        assert!(!d.wants_apply());
+    }
+
+    #[tokio::test]
+    async fn a_refused_state_is_skipped_until_it_changes_or_the_config_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path(), "echo 'line 3: unknown keyword' >&2; exit 1", "true", None);
+        let r = d.apply(&state(&[1])).await;
+        assert!(matches!(&r.outcome, Some(Outcome::Rejected(e)) if e.contains("unknown keyword")), "{r:?}");
+        assert!(!r.in_force());
+        assert!(!dir.path().join("haproxy.cfg").exists());
+        assert_eq!(d.apply(&state(&[1])).await.outcome, None);
+        assert!(matches!(d.apply(&state(&[2])).await.outcome, Some(Outcome::Rejected(_))));
+        // SIGHUP: the check may have changed (here it now passes), so the state is tried again.
+        let fixed = driver(dir.path(), "true", "true", None).s;
+        d.reconfigure(fixed);
+        assert_eq!(d.apply(&state(&[2])).await.outcome, Some(Outcome::Installed));
+        assert_eq!(reloads(dir.path()), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_is_owed_and_retried_after_a_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path(), "true", "exit 1", None);
+        let r = d.apply(&state(&[1])).await;
+        assert_eq!(r.outcome, Some(Outcome::Installed));
+        assert!(matches!(r.reload, Some(Err(_))));
+        assert!(!r.in_force());
+        assert!(d.wants_apply());
+        let now = Instant::now();
+        assert!(d.earliest_apply(now) >= now + Duration::from_millis(900));
+        // The file is already in place: the retry reloads all the same.
+        let r = d.apply(&state(&[1])).await;
+        assert_eq!(r.outcome, Some(Outcome::Unchanged));
+        assert!(matches!(r.reload, Some(Err(_))));
+        assert_eq!(reloads(dir.path()), 2);
+    }
+
+    #[tokio::test]
+    async fn a_runtime_api_failure_falls_back_to_a_reload_and_drift_checks_are_armed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path(), "true", "true", Some(dir.path().join("no-such.sock")));
+        // What runs is unknown at first: the file and a reload.
+        let r = d.apply(&state(&[1])).await;
+        assert_eq!((r.outcome, r.runtime_error), (Some(Outcome::Installed), None));
+        assert!(d.next_wake().is_some(), "drift checks run after any apply");
+        // A server added: the runtime API is tried, fails, and a reload carries the change.
+        let r = d.apply(&state(&[1, 2])).await;
+        assert!(r.runtime_error.is_some(), "{r:?}");
+        assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), Some(Ok(()))));
+        assert_eq!(reloads(dir.path()), 2);
+    }
+
+    /// A stand-in for HAProxy's stats socket: answers the runtime API commands myelin sends
+    /// as HAProxy 2.6 does, and records them.
+    fn fake_stats_socket(path: PathBuf) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut cmd = String::new();
+                let _ = conn.read_to_string(&mut cmd).await;
+                let cmd = cmd.trim().to_owned();
+                let reply = if cmd.starts_with("add server") {
+                    "New server registered.\n"
+                } else if cmd.starts_with("show servers state") {
+                    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n"
+                } else {
+                    "\n"
+                };
+                log.lock().unwrap().push(cmd);
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        seen
+    }
+
+    #[tokio::test]
+    async fn drift_checks_are_armed_after_a_runtime_only_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("stats.sock");
+        let seen = fake_stats_socket(sock.clone());
+        // Restarted onto the haproxy.cfg it wrote before: only servers differ now.
+        std::fs::write(dir.path().join("haproxy.cfg"), render(&state(&[1]))).unwrap();
+        let mut d = driver(dir.path(), "true", "true", Some(sock));
+        let r = d.apply(&state(&[1, 2])).await;
+        assert_eq!((r.outcome, r.reload, r.runtime_commands), (Some(Outcome::Installed), None, 2), "{:?}", seen.lock().unwrap());
+        assert_eq!(reloads(dir.path()), 0);
+        assert!(seen.lock().unwrap()[0].starts_with("add server web/s2 127.0.0.1:2"));
+        let wake = d.next_wake().expect("a drift check is scheduled after a runtime-API apply");
+        assert!(wake <= Instant::now() + FIRST_VERIFY);
+    }
+
+    #[tokio::test]
+    async fn the_operators_check_gates_runtime_changes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("stats.sock");
+        let seen = fake_stats_socket(sock.clone());
+        std::fs::write(dir.path().join("haproxy.cfg"), render(&state(&[1]))).unwrap();
+        // The operator's check refuses any config routing to port 2.
+        let mut d = driver(dir.path(), "! grep -q '127.0.0.1:2$' \"$MYELIN_CANDIDATE\"", "true", Some(sock));
+        let r = d.apply(&state(&[1, 2])).await;
+        assert!(matches!(r.outcome, Some(Outcome::Rejected(_))), "{r:?}");
+        assert_eq!(r.runtime_commands, 0);
+        assert!(seen.lock().unwrap().is_empty(), "nothing reached HAProxy: {:?}", seen.lock().unwrap());
+        assert_eq!(std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap(), render(&state(&[1])));
+        // A change the check accepts goes through the runtime API.
+        let r = d.apply(&state(&[1, 3])).await;
+        assert_eq!((r.outcome, r.runtime_commands), (Some(Outcome::Installed), 2));
+    }
+
+    #[tokio::test]
+    async fn do_reloads_off_writes_without_reloading() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path(), "true", "true", None);
+        d.s.do_reloads = false;
+        let r = d.apply(&state(&[1])).await;
+        assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), None));
+        assert_eq!(reloads(dir.path()), 0);
+    }
+}

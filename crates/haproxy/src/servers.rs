@@ -1,0 +1,126 @@
+//! What HAProxy reports about its servers (`show servers state`, `show stat`), and how it
+//! differs from what it should run.
+
+use std::collections::BTreeMap;
+
+use myelin_core::{BackendName, DesiredState, ServerName};
+
+use crate::ops::weight_of;
+
+/// A server as `show servers state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    pub backend: String,
+    pub name: String,
+    pub addr: String,
+    pub port: u16,
+    pub admin_state: u32,
+    pub weight: u16,
+}
+
+/// Parse `show servers state` (format version 1).
+pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, String> {
+    let mut lines = text.lines();
+    match lines.next().map(str::trim) {
+        Some("1") => {}
+        other => return Err(format!("unexpected reply (no format version 1): {:?}", other.unwrap_or(""))),
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 19 {
+            return Err(format!("short line: {line}"));
+        }
+        let num = |i: usize| f[i].parse::<u32>().map_err(|_| format!("bad number in: {line}"));
+        out.push(ServerState {
+            backend: f[1].to_owned(),
+            name: f[3].to_owned(),
+            addr: f[4].to_owned(),
+            admin_state: num(6)?,
+            weight: num(7)? as u16,
+            port: num(18)? as u16,
+        });
+    }
+    Ok(out)
+}
+
+/// Parse `show stat` CSV into current sessions (`scur`) per server.
+pub fn parse_stat_sessions(csv: &str) -> Result<BTreeMap<(String, String), u64>, String> {
+    let mut lines = csv.lines();
+    let header = lines.next().ok_or("empty reply")?;
+    let cols: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    let pos = |name: &str| cols.iter().position(|c| *c == name).ok_or(format!("no `{name}` column"));
+    let (px, sv, scur) = (pos("pxname")?, pos("svname")?, pos("scur")?);
+    let mut out = BTreeMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() <= scur || f[sv] == "FRONTEND" || f[sv] == "BACKEND" {
+            continue;
+        }
+        out.insert((f[px].to_owned(), f[sv].to_owned()), f[scur].parse().unwrap_or(0));
+    }
+    Ok(out)
+}
+
+/// Differences between what HAProxy runs and `applied` (servers being drained excepted): a
+/// description of each, empty when they agree. Only membership, address, port and weight are
+/// compared; an operator's maintenance or drain is not undone.
+pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &[(BackendName, ServerName)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for svc in applied.services.values() {
+        let be = svc.shape.backend_name.as_str();
+        let seen: BTreeMap<&str, &ServerState> = observed
+            .iter()
+            .filter(|o| o.backend == be && !draining.iter().any(|(b, n)| b.as_str() == be && n.as_str() == o.name))
+            .map(|o| (o.name.as_str(), o))
+            .collect();
+        for (name, s) in &svc.servers {
+            match seen.get(name.as_str()) {
+                None => out.push(format!("{be}/{name} is missing")),
+                Some(o) => {
+                    if o.port != s.port.get() || (s.host.as_str().parse::<std::net::IpAddr>().is_ok() && o.addr != s.host.as_str()) {
+                        out.push(format!("{be}/{name} is at {}:{}, not {}:{}", o.addr, o.port, s.host, s.port));
+                    }
+                    if o.weight != weight_of(s) {
+                        out.push(format!("{be}/{name} has weight {}, not {}", o.weight, weight_of(s)));
+                    }
+                }
+            }
+        }
+        for name in seen.keys() {
+            if !svc.servers.keys().any(|k| k.as_str() == *name) {
+                out.push(format!("{be}/{name} should not be there"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+
+    const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 web 1 a 127.0.0.1 2 0 10 10 2 8 2 0 6 0 0 0 - 19081 - 0 0 - - 0\n3 web 2 b 127.0.0.1 0 1 5 5 1 1 0 0 2 0 0 0 - 19082 - 0 0 - - 0\n\n";
+
+    #[test]
+    fn parses_servers_state() {
+        let s = parse_servers_state(STATE).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].name.as_str(), s[0].port, s[0].weight, s[0].admin_state), ("a", 19081, 10, 0));
+        assert_eq!((s[1].name.as_str(), s[1].admin_state), ("b", 1));
+        assert!(parse_servers_state("Unknown command.\n").is_err());
+    }
+
+
+    #[test]
+    fn parses_stat_sessions() {
+        let csv = "# pxname,svname,qcur,qmax,scur,smax\nweb,FRONTEND,,,3,5\nweb,a,0,0,2,4\nweb,b,0,0,0,1\nweb,BACKEND,0,0,2,5\n";
+        let s = parse_stat_sessions(csv).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[&("web".to_string(), "a".to_string())], 2);
+    }
+}

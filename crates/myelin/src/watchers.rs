@@ -1,0 +1,119 @@
+//! The running watchers: one supervised task per service and partition, stamped with a
+//! generation so that events a replaced watcher sent late are recognised and dropped.
+
+use std::collections::BTreeMap;
+
+use myelin_config::{Discovery, Loaded};
+use myelin_core::ServiceName;
+use myelin_watch::Event;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+struct Watcher {
+    discovery: Discovery,
+    generation: u64,
+    /// One per partition; none for a kind that is not supported yet.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Watchers {
+    running: BTreeMap<ServiceName, Watcher>,
+    /// The generation of the last watcher started.
+    generation: u64,
+}
+
+impl Watchers {
+    /// Start (or restart) the watcher of `name` as `loaded` configures it.
+    pub fn start(&mut self, loaded: &Loaded, name: &ServiceName, tx: &mpsc::Sender<Event>) {
+        let Some(svc) = loaded.services.get(name) else { return };
+        self.generation += 1;
+        let generation = self.generation;
+        let source = svc.discovery.source();
+        let tasks = source
+            .partitions(&loaded.source_context(name))
+            .into_iter()
+            .map(|p| tokio::spawn(myelin_watch::supervise(name.clone(), p, generation, source.label_filters().to_vec(), tx.clone())))
+            .collect();
+        self.running.insert(name.clone(), Watcher { discovery: svc.discovery.clone(), generation, tasks });
+    }
+
+    /// Stop a service's watcher.
+    pub fn stop(&mut self, name: &ServiceName) {
+        self.running.remove(name);
+    }
+
+    pub fn stop_all(&mut self) {
+        self.running.clear();
+    }
+
+    /// Whether `ev` comes from a watcher that is still running (not one since replaced or
+    /// stopped).
+    pub fn accepts(&self, ev: &Event) -> bool {
+        self.running.get(&ev.service).is_some_and(|w| w.generation == ev.generation)
+    }
+
+    /// The services whose discovery settings differ in `new` (or that are gone from it).
+    pub fn changed_in(&self, new: &Loaded) -> Vec<ServiceName> {
+        self.running
+            .iter()
+            .filter(|(name, w)| new.services.get(*name).map(|s| &s.discovery) != Some(&w.discovery))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Services with at least one source (those of kinds not supported yet have none).
+    pub fn with_sources(&self) -> impl Iterator<Item = &ServiceName> {
+        self.running.iter().filter(|(_, w)| !w.tasks.is_empty()).map(|(n, _)| n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use myelin_watch::EventKind;
+
+    fn loaded(yaml: &str) -> Loaded {
+        myelin_config::load_str(std::path::Path::new("/etc/myelin/myelin.yaml"), yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_of_a_replaced_watcher_are_not_accepted() {
+        let web = ServiceName::parse("web").unwrap();
+        let l = loaded("services:\n  web:\n    discovery: {method: static}\nhaproxy: {do_reloads: false}\n");
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = Watchers::default();
+        w.start(&l, &web, &tx);
+        let first = rx.recv().await.unwrap();
+        assert!(matches!(first.kind, EventKind::Update(_)));
+        assert!(w.accepts(&first));
+
+        // SIGHUP replaces the watcher: what the old one sent is stale, the new one's is not.
+        w.start(&l, &web, &tx);
+        assert!(!w.accepts(&first));
+        let second = rx.recv().await.unwrap();
+        assert!(w.accepts(&second));
+        w.stop(&web);
+        assert!(!w.accepts(&second));
+    }
+
+    #[tokio::test]
+    async fn changed_settings_are_found() {
+        let web = ServiceName::parse("web").unwrap();
+        let a = loaded("services:\n  web:\n    discovery: {method: file, path: a.yaml}\nhaproxy: {do_reloads: false}\n");
+        let b = loaded("services:\n  web:\n    discovery: {method: file, path: b.yaml}\nhaproxy: {do_reloads: false}\n");
+        let (tx, _rx) = mpsc::channel(16);
+        let mut w = Watchers::default();
+        w.start(&a, &web, &tx);
+        assert!(w.changed_in(&a).is_empty());
+        assert_eq!(w.changed_in(&b), [web]);
+    }
+}

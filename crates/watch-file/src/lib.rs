@@ -1,0 +1,47 @@
+//! `method: file`: a YAML or JSON file listing backends, watched for changes.
+#![forbid(unsafe_code)]
+
+mod source;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use myelin_source::{Context, LabelFilter, Partition, SettingsProblem, SourceConfig};
+use serde::Deserialize;
+
+pub use source::{file_source, parse_backends};
+
+/// How long the file must stay quiet after a change before it is read.
+pub const QUIET: Duration = Duration::from_millis(25);
+
+/// `method: file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The backends file; relative paths are taken from the config file's directory.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub label_filters: Vec<LabelFilter>,
+}
+
+impl SourceConfig for FileConfig {
+    fn method(&self) -> &'static str {
+        "file"
+    }
+
+    fn label_filters(&self) -> &[LabelFilter] {
+        &self.label_filters
+    }
+
+    fn check(&self) -> Vec<SettingsProblem> {
+        if self.path.as_os_str().is_empty() {
+            return vec![SettingsProblem::new("path", "must not be empty")];
+        }
+        Vec::new()
+    }
+
+    fn partitions(&self, cx: &Context) -> Vec<Partition> {
+        let path = cx.resolve(&self.path);
+        vec![Partition::single(Box::new(move || file_source(path.clone(), QUIET)))]
+    }
+}
