@@ -205,6 +205,7 @@ cur=$(cursor)
 insh "sed -i 's|haproxy: {port: 18090, bind_address: 127.0.0.1}|haproxy: {port: 18090, bind_adress: 127.0.0.1}|' /etc/myelin/myelin.yaml"
 if ct systemctl reload myelin >"$work/out" 2>&1; then fail "systemctl reload (broken config) fails"; else ok "systemctl reload (broken config) fails"; fi
 check "the journal says why (bind_adress)" bash -c "journal --after-cursor='$cur' | grep -q bind_adress"
+check "systemctl status says why" bash -c "ct systemctl status myelin --no-pager -n 20 | grep -q bind_adress"
 check "still active, same PID" bash -c "[ '$(prop ActiveState)' = active ] && [ '$(mainpid)' = '$pid' ]"
 check "the old config is kept: both services served" bash -c "serves 18090 b1 && serves 18080 b2"
 
