@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release deb test test-deps test-deb test-systemd bench docker-engine demo demo-stop clean
+.PHONY: all build release deb test test-deps test-deb test-systemd bench bench-scale docker-engine demo demo-stop clean
 
 all: build
 
@@ -46,7 +46,14 @@ test: test-deps docker-engine
 bench: docker-engine
 	$(CARGO) build -p myelin
 	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep -o 'BENCH.*' || status=$$?; \
-	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; exit $$status
+	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; \
+	$(MAKE) bench-scale || status=$$?; exit $$status
+
+# myelin at 1,000 / 10,000 / 100,000 backends (release build): figures into docs/performance.md,
+# chart into docs/scale.svg. MYELIN_BENCH_SIZES=1000,10000 and MYELIN_BENCH_IDLE=60 adjust it.
+bench-scale: test-deps
+	$(CARGO) build --release -p myelin
+	$(CARGO) run -q --release -p myelin-integration --bin scale-bench
 
 test-deps:
 	integration/install-deps.sh

@@ -71,6 +71,9 @@ fn malformed_entries_are_rejected_and_the_rest_keep_serving() {
     }
     let log = myelin.log();
     assert!(log.contains("Rejected a discovery record") && log.contains("server=huge"), "{log}");
+    // The hostile name is logged escaped: it cannot start a line of its own.
+    assert!(log.contains("evil\\n  server injected"), "{log}");
+    assert!(!log.lines().any(|l| l.trim_start().starts_with("server injected")), "{log}");
     assert!(log.contains("unknown field `prot`"), "{log}");
 
     // A file that does not parse at all keeps the previous backends.

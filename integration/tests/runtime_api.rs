@@ -209,3 +209,23 @@ fn server_state_survives_a_reload() {
     assert_eq!((seen.into_iter().collect::<Vec<_>>(), failed), (vec!["alpha".to_string()], 0));
     assert!(std::fs::read_to_string(env.path("haproxy.cfg.state")).unwrap().contains(" beta "));
 }
+
+/// A server left in a drain that nobody runs (myelin killed while it drained, or a drain by
+/// hand) takes no traffic: the drift check sets it ready again. An operator's maintenance is
+/// left alone (see `server_state_survives_a_reload`).
+#[test]
+fn a_server_left_draining_is_set_ready_again() {
+    let a = Backend::start("alpha");
+    let b = Backend::start("beta");
+    let Running { env, _haproxy, myelin, .. } = running(&[&a, &b]);
+    std::thread::sleep(Duration::from_millis(1500));
+    env.runtime_cli("set server web/beta state drain").unwrap();
+    assert_eq!(env.routable_servers().unwrap(), ["alpha"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || env.routable_servers().is_ok_and(|s| s == ["alpha", "beta"])).is_some(),
+        "{:?}\n{}",
+        env.routable_servers(),
+        myelin.log()
+    );
+    assert!(myelin.log().contains("left draining"), "{}", myelin.log());
+}

@@ -59,7 +59,7 @@ impl Metrics {
         registry.register("watcher_errors", "Problems reported by discovery sources, per service", m.watcher_errors.clone());
         registry.register("watcher_reconnects", "Times a discovery source was lost and reopened, per service", m.watcher_reconnects.clone());
         registry.register("rejected_inputs", "Discovery records refused by validation, per service", m.rejected.clone());
-        registry.register("applies", "Renders of haproxy.cfg, by outcome", m.applies.clone());
+        registry.register("applies", "Desired states handed to HAProxy, by outcome", m.applies.clone());
         registry.register("haproxy_reloads", "HAProxy reloads (through the master CLI when configured, else reload_command), by outcome", m.reloads.clone());
         registry.register("config_reloads", "Configuration reloads (SIGHUP), by outcome", m.config_reloads.clone());
         registry.register("haproxy_runtime_commands", "Commands sent to HAProxy's runtime API, by outcome", m.runtime_commands.clone());

@@ -83,17 +83,17 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.services.insert(
             "web".into(),
-            ServiceStatus {
+            std::sync::Arc::new(ServiceStatus {
                 method: "file".into(),
                 watcher: WatcherState::Starting,
                 synced: false,
-                backends: vec![],
+                backends: Default::default(),
                 last_update: None,
                 last_error: None,
                 last_apply: None,
                 rejected: 0,
                 reconnects: 0,
-            },
+            }),
         );
         let (tx, rx) = watch::channel(Arc::new(snap.clone()));
         let metrics = Arc::new(Metrics::new("0.0.0"));
@@ -108,7 +108,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Snapshot>(&body).unwrap(), snap);
 
         snap.ready = true;
-        snap.services.get_mut("web").unwrap().synced = true;
+        std::sync::Arc::make_mut(snap.services.get_mut("web").unwrap()).synced = true;
         tx.send(Arc::new(snap)).unwrap();
         assert_eq!(get(addr, "/ready").await.0, 200);
 

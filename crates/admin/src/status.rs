@@ -20,7 +20,8 @@ pub struct Snapshot {
     pub haproxy: HaproxyStatus,
     /// Synapse's `file_output`, when configured.
     pub file_output: Option<FileOutputStatus>,
-    pub services: BTreeMap<String, ServiceStatus>,
+    /// Shared with the daemon: a snapshot re-uses the entries of services that did not change.
+    pub services: BTreeMap<String, std::sync::Arc<ServiceStatus>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,7 +100,7 @@ pub struct ServiceStatus {
     /// Synced at least once since it was (re)started.
     pub synced: bool,
     /// What HAProxy is asked to route to (after `default_servers` and port overrides).
-    pub backends: Vec<BackendStatus>,
+    pub backends: std::sync::Arc<Vec<BackendStatus>>,
     /// The last time discovery changed this service's backends.
     pub last_update: Option<String>,
     /// The last problem discovery reported.
@@ -208,7 +209,7 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
             continue;
         }
         let _ = writeln!(out, "\n{name}:");
-        for b in &svc.backends {
+        for b in svc.backends.iter() {
             let w = b.weight.map(|w| format!("  weight {w}")).unwrap_or_default();
             let _ = writeln!(out, "  {}  {}:{}{w}", b.name, b.host, b.port);
         }
@@ -225,31 +226,31 @@ mod tests {
         let mut services = BTreeMap::new();
         services.insert(
             "web".to_owned(),
-            ServiceStatus {
+            std::sync::Arc::new(ServiceStatus {
                 method: "file".into(),
                 watcher: WatcherState::Synced,
                 synced: true,
-                backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5), labels: Default::default() }],
+                backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5), labels: Default::default() }].into(),
                 last_update: Some(timestamp(t0)),
                 last_error: None,
                 last_apply: Some(Outcome { at: timestamp(t0), outcome: "installed".into(), error: None }),
                 rejected: 2,
                 reconnects: 0,
-            },
+            }),
         );
         services.insert(
             "api".to_owned(),
-            ServiceStatus {
+            std::sync::Arc::new(ServiceStatus {
                 method: "docker".into(),
                 watcher: WatcherState::Disconnected,
                 synced: false,
-                backends: vec![],
+                backends: Default::default(),
                 last_update: None,
                 last_error: Some("cannot read x: gone".into()),
                 last_apply: None,
                 rejected: 0,
                 reconnects: 3,
-            },
+            }),
         );
         Snapshot {
             version: "0.1.0".into(),

@@ -184,6 +184,47 @@ fn fnv1a(seed: u64, s: &str) -> u64 {
     h
 }
 
+/// Which part of a desired state a change touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Anything (the configuration changed, or nothing is known of what came before).
+    All,
+    /// Only these services' servers; sections and the other services are as before.
+    Services(std::collections::BTreeSet<ServiceName>),
+}
+
+impl Scope {
+    pub fn none() -> Self {
+        Self::Services(Default::default())
+    }
+
+    /// Add what `other` touched.
+    pub fn extend(&mut self, other: Scope) {
+        match (&mut *self, other) {
+            (Self::All, _) => {}
+            (_, Self::All) => *self = Self::All,
+            (Self::Services(a), Self::Services(b)) => a.extend(b),
+        }
+    }
+
+    pub fn add(&mut self, name: &ServiceName) {
+        if let Self::Services(s) = self {
+            s.insert(name.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Services(s) if s.is_empty())
+    }
+
+    pub fn contains(&self, name: &ServiceName) -> bool {
+        match self {
+            Self::All => true,
+            Self::Services(s) => s.contains(name),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
     pub sections: Sections,
@@ -198,6 +239,27 @@ impl DesiredState {
             .map(|(name, s)| (name.clone(), build_service(s, store.backends(name))))
             .collect();
         Self { sections: spec.sections.clone(), services }
+    }
+
+    /// Bring the services in `scope` up to date with `spec` and `store` (after their backends
+    /// changed); the others are left as they are. The result equals [`DesiredState::build`]
+    /// when `scope` names every service that changed.
+    pub fn update(&mut self, spec: &Spec, store: &Store, scope: &Scope) {
+        match scope {
+            Scope::All => *self = Self::build(spec, store),
+            Scope::Services(names) => {
+                for name in names {
+                    match spec.services.get(name) {
+                        Some(s) => {
+                            self.services.insert(name.clone(), build_service(s, store.backends(name)));
+                        }
+                        None => {
+                            self.services.remove(name);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Total servers over all services.

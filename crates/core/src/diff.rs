@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::desired::{DesiredService, DesiredState, Sections, Server};
+use crate::desired::{DesiredService, DesiredState, Scope, Sections, Server};
 use crate::model::{ServerName, ServiceName};
 
 /// A server whose line changed.
@@ -81,6 +81,33 @@ impl Plan {
     }
 }
 
+/// As [`diff`], looking only at the services in `scope` (the others are known to be equal):
+/// the cost follows the change, not the fleet.
+pub fn diff_scoped(old: &DesiredState, new: &DesiredState, scope: &Scope) -> Plan {
+    let Scope::Services(names) = scope else { return diff(old, new) };
+    let mut plan = Plan::default();
+    for name in names {
+        match (old.services.get(name), new.services.get(name)) {
+            (Some(_), None) => plan.services_removed.push(name.clone()),
+            (None, Some(n)) => plan.services_replaced.push((name.clone(), n.clone())),
+            (Some(o), Some(n)) => service_diff(&mut plan, name, o, n),
+            (None, None) => {}
+        }
+    }
+    plan
+}
+
+fn service_diff(plan: &mut Plan, name: &ServiceName, o: &DesiredService, n: &DesiredService) {
+    if o.shape == n.shape {
+        let d = diff_servers(&o.servers, &n.servers);
+        if !d.is_empty() {
+            plan.servers.insert(name.clone(), d);
+        }
+    } else {
+        plan.services_replaced.push((name.clone(), n.clone()));
+    }
+}
+
 pub fn diff(old: &DesiredState, new: &DesiredState) -> Plan {
     let mut plan = Plan::default();
     if old.sections != new.sections {
@@ -93,14 +120,8 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Plan {
     }
     for (name, n) in &new.services {
         match old.services.get(name) {
-            Some(o) if o.shape == n.shape => {
-                let d = diff_servers(&o.servers, &n.servers);
-                if !d.is_empty() {
-                    plan.servers.insert(name.clone(), d);
-                }
-            }
-            Some(o) if o == n => {}
-            _ => plan.services_replaced.push((name.clone(), n.clone())),
+            Some(o) => service_diff(&mut plan, name, o, n),
+            None => plan.services_replaced.push((name.clone(), n.clone())),
         }
     }
     plan
@@ -220,6 +241,40 @@ mod tests {
                 DesiredState::build(&spec, &store)
             };
             prop_assert_eq!(run(&batch), run(&shuffled));
+        }
+
+        #[test]
+        fn incremental_update_and_scoped_diff_equal_the_full_ones(
+            ups in prop::collection::vec(("s[0-3]", "[a-e]", 1u16..4, any::<bool>()), 0..30),
+        ) {
+            // The daemon updates its desired state service by service and diffs only what
+            // changed: the result must be what a full build and a full diff give.
+            let names = ["s0", "s1", "s2", "s3"].map(|s| ServiceName::parse(s).unwrap());
+            let mut store = Store::new(names.iter().map(|n| (n.clone(), StoreOptions { use_previous_backends: false })));
+            let spec = Spec {
+                sections: Sections::default(),
+                services: names.iter().map(|n| (n.clone(), ServiceSpec {
+                    frontend: None, backend_name: BackendName::parse(n.as_str()).unwrap(), backend_lines: vec![],
+                    server_options: None, default_servers: vec![], keep_default_servers: false,
+                    backend_port_override: None, order: BackendOrder::Asc,
+                })).collect(),
+            };
+            let mut incremental = DesiredState::build(&spec, &store);
+            for chunk in ups.chunks(3) {
+                let before = incremental.clone();
+                let mut scope = Scope::none();
+                for (s, n, p, remove) in chunk {
+                    let svc = ServiceName::parse(s).unwrap();
+                    let u = if *remove { Update::Remove(n.clone()) } else { Update::Upsert(Discovered::new("127.0.0.1", *p).named(n)) };
+                    if store.apply(&svc, "", u).changed {
+                        scope.add(&svc);
+                    }
+                }
+                incremental.update(&spec, &store, &scope);
+                let full = DesiredState::build(&spec, &store);
+                prop_assert_eq!(&incremental, &full);
+                prop_assert_eq!(diff_scoped(&before, &incremental, &scope), diff(&before, &full));
+            }
         }
     }
 

@@ -12,10 +12,10 @@ mod model;
 mod store;
 
 pub use desired::{
-    BackendOrder, BindAddress, DesiredService, DesiredState, FrontendSpec, RoutedBackend, Sections, Server, ServiceShape,
+    BackendOrder, BindAddress, DesiredService, DesiredState, FrontendSpec, RoutedBackend, Scope, Sections, Server, ServiceShape,
     ServiceSpec, Spec,
 };
-pub use diff::{diff, Plan, ServerChange, ServerDiff};
+pub use diff::{diff, diff_scoped, Plan, ServerChange, ServerDiff};
 pub use model::{
     Backend, BackendName, ConfigLine, Discovered, Host, Ident, InvalidValue, Port, ServerName,
     ServiceName, Weight,

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use myelin_core::{diff, BackendName, DesiredState, ServerName};
+use myelin_core::{diff, diff_scoped, BackendName, DesiredState, Scope, ServerName};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::route::{fallback, route, Reload, Route, Situation};
-use crate::{filter_state_file, render, run_command, servers_on_disk, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Runtime, Writer};
+use crate::{filter_state_file, run_command, servers_on_disk, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Renderer, Runtime, ServerState, Writer};
 
 /// The shortest wait before an apply that failed is tried again.
 const MIN_RETRY: Duration = Duration::from_secs(1);
@@ -26,6 +27,9 @@ const DRAIN_TICK: Duration = Duration::from_millis(250);
 const DELETE_GRACE: Duration = Duration::from_secs(10);
 /// The first drift check after an apply.
 const FIRST_VERIFY: Duration = Duration::from_secs(1);
+/// After changes the runtime API carried, haproxy.cfg is brought in step at most this much
+/// later (changes meanwhile share one write). It is always written before a reload and at exit.
+const FILE_COALESCE: Duration = Duration::from_millis(100);
 
 /// How the driver drives HAProxy (from the `haproxy` section of the configuration).
 #[derive(Debug, Clone)]
@@ -109,6 +113,20 @@ pub struct Driver {
     draining: BTreeMap<(BackendName, ServerName), Instant>,
     drain_check_at: Option<Instant>,
     verify_at: Option<Instant>,
+    /// A drift check's read of `show servers state`, running beside the loop, and the count
+    /// of changes made to HAProxy when it started.
+    verifying: Option<JoinHandle<Result<Vec<ServerState>, Error>>>,
+    verifying_since: u64,
+    /// Changes made to HAProxy (runtime commands, reloads): a drift read that overlapped one is
+    /// stale and thrown away.
+    changes: u64,
+    /// haproxy.cfg lags what HAProxy runs (runtime API changes) and is to be written by then.
+    file_due: Option<Instant>,
+    /// Services changed since `applied` was last brought up to date.
+    unapplied: Scope,
+    /// Services changed since the last render.
+    unrendered: Scope,
+    renderer: Renderer,
 }
 
 impl Driver {
@@ -125,6 +143,13 @@ impl Driver {
             draining: BTreeMap::new(),
             drain_check_at: None,
             verify_at: None,
+            verifying: None,
+            verifying_since: 0,
+            changes: 0,
+            file_due: None,
+            unapplied: Scope::All,
+            unrendered: Scope::All,
+            renderer: Renderer::default(),
             s,
         };
         d.set_clients();
@@ -139,6 +164,8 @@ impl Driver {
         }
         self.s = s;
         self.refused = None;
+        self.unapplied = Scope::All;
+        self.unrendered = Scope::All;
         self.set_clients();
     }
 
@@ -165,22 +192,36 @@ impl Driver {
         self.retry_at.map_or(at, |r| r.max(at))
     }
 
-    /// When [`Driver::tick`] has work: a drain check or a drift check.
+    /// When [`Driver::tick`] has work: a drain check, a drift check, or haproxy.cfg to bring in
+    /// step.
     pub fn next_wake(&self) -> Option<Instant> {
-        match (self.drain_check_at, self.verify_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.drain_check_at, if self.verifying.is_some() { None } else { self.verify_at }, self.file_due].into_iter().flatten().min()
     }
 
-    /// Bring HAProxy to `desired`: through the runtime API when only servers changed,
-    /// otherwise a validated haproxy.cfg and a reload (see [`route`]).
-    pub async fn apply(&mut self, desired: &DesiredState) -> Report {
+    /// The drift check's read, while one runs: select on it and hand the result to
+    /// [`Driver::verified`].
+    pub fn verifying(&mut self) -> Option<&mut JoinHandle<Result<Vec<ServerState>, Error>>> {
+        self.verifying.as_mut()
+    }
+
+    /// Bring HAProxy to `desired`, of which only the services in `scope` changed since the
+    /// last call (`Scope::All` when anything may have): through the runtime API when only
+    /// servers changed, otherwise a validated haproxy.cfg and a reload (see [`route`]). The
+    /// work follows the change, not the fleet.
+    pub async fn apply(&mut self, desired: &DesiredState, scope: &Scope) -> Report {
         self.retry_at = None;
+        self.unapplied.extend(scope.clone());
+        self.unrendered.extend(scope.clone());
         let mut report = Report::default();
         let first = self.applied.is_none();
-        let current = self.current(desired);
-        let plan = current.as_ref().map(|c| diff(c, desired));
+        let (plan, known) = match &self.applied {
+            Some(a) => (Some(diff_scoped(a, desired, &self.unapplied)), true),
+            None => match self.current_on_disk(desired) {
+                Some(c) => (Some(diff(&c, desired)), false),
+                None => (None, false),
+            },
+        };
+        let current_known = known || plan.is_some();
         report.servers = plan.as_ref().map_or((0, 0, 0), |p| p.server_counts());
         let (added, removed, changed) = report.servers;
         let situation = Situation {
@@ -194,28 +235,31 @@ impl Driver {
         if how == Route::Skip {
             return report;
         }
-        let text = render(desired);
-        if matches!(how, Route::Runtime(_)) {
-            if let Err(e) = self.s.writer.gate(&text).await {
+        let gated = matches!(how, Route::Runtime(_)) && self.s.writer.check_command.is_some();
+        let mut text = None;
+        if gated {
+            let t = self.text(desired);
+            if let Err(e) = self.s.writer.gate(&t).await {
                 return self.not_installed(desired, e, report);
             }
+            text = Some(t);
         }
         if let Route::Runtime(ops) = &how {
-            // Membership changes go to HAProxy first (milliseconds), the file right after: its
-            // structure was validated before, and HAProxy itself accepted the servers.
+            // Membership changes go to HAProxy first (milliseconds); the file follows within
+            // FILE_COALESCE: its structure was validated before, and HAProxy itself accepted
+            // the servers.
             match self.run_ops(ops, &mut report).await {
                 Ok(()) => {
-                    let outcome = match self.s.writer.install_accepted(&text).await {
-                        Ok(_) => Outcome::Installed,
-                        Err(e) => {
-                            error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
-                            self.retry_later();
-                            Outcome::Failed(e.to_string())
+                    let outcome = match text {
+                        Some(t) => self.write_accepted(&t).await,
+                        None => {
+                            self.file_due.get_or_insert(Instant::now() + FILE_COALESCE);
+                            Outcome::Installed
                         }
                     };
                     info!(added, removed, changed, commands = report.runtime_commands, "Applied through the runtime API; no reload.");
                     report.outcome = Some(outcome);
-                    self.applied = Some(desired.clone());
+                    self.set_applied(desired);
                     self.arm_verify();
                     return report;
                 }
@@ -227,11 +271,17 @@ impl Driver {
             }
         }
         let Route::File(reload) = how else { return report };
+        let text = match text {
+            Some(t) => t,
+            None => self.text(desired),
+        };
         let outcome = match self.s.writer.install(&text).await {
             Ok(o) => o,
             Err(e) => return self.not_installed(desired, e, report),
         };
         self.refused = None;
+        // Whatever lagged behind the runtime API is in this file.
+        self.file_due = None;
         report.outcome = Some(match outcome {
             InstallOutcome::Installed => Outcome::Installed,
             InstallOutcome::Unchanged => Outcome::Unchanged,
@@ -239,7 +289,7 @@ impl Driver {
         });
         match outcome {
             InstallOutcome::Installed => {
-                let structural = plan.as_ref().is_none_or(|p| p.reload_required());
+                let structural = !current_known || plan.as_ref().is_none_or(|p| p.reload_required());
                 info!(added, removed, changed, structural, servers = desired.server_count(), "Installed a new haproxy.cfg.");
             }
             InstallOutcome::Unchanged if first => {
@@ -264,9 +314,118 @@ impl Driver {
                 return report;
             }
         }
-        self.applied = Some(desired.clone());
+        self.set_applied(desired);
         self.arm_verify();
         report
+    }
+
+    /// Write haproxy.cfg now if it lags what HAProxy runs (at exit, and before a reload).
+    pub async fn flush(&mut self) {
+        if self.file_due.is_some() {
+            self.write_lagging().await;
+        }
+    }
+
+    /// A drift check's read finished: compare it with what HAProxy should run. A difference
+    /// owes a reload ([`Driver::wants_apply`]).
+    pub async fn verified(&mut self, result: Result<Result<Vec<ServerState>, Error>, tokio::task::JoinError>) -> Report {
+        self.verifying = None;
+        let mut report = Report::default();
+        let observed = match result {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                warn!("Cannot check HAProxy's servers: {e}");
+                return report;
+            }
+            Err(e) => {
+                warn!("Cannot check HAProxy's servers: {e}");
+                return report;
+            }
+        };
+        let (Some(applied), Some(rt)) = (&self.applied, self.runtime.clone()) else { return report };
+        if self.reload_pending {
+            return report;
+        }
+        if self.changes != self.verifying_since {
+            // HAProxy changed while it was read: check again soon rather than compare a mix.
+            self.verify_at = Some(Instant::now() + FIRST_VERIFY);
+            return report;
+        }
+        let draining = self.draining.keys().cloned().collect();
+        // A server the data wants, held in a drain nobody is running (myelin killed while it
+        // drained, or a drain by hand): back to ready through the runtime API (a reload would
+        // restore the drain from the server-state file).
+        let stuck = crate::stuck_draining(applied, &observed, &draining);
+        if !stuck.is_empty() {
+            self.changes += 1;
+        }
+        for (backend, name) in stuck {
+            match rt.set_state(&backend, &name, "ready").await {
+                Ok(()) => {
+                    report.runtime_commands += 1;
+                    warn!(backend = %backend, server = %name, "A server myelin routes to was left draining; set ready again.");
+                }
+                Err(e) => warn!(backend = %backend, server = %name, "A server left draining could not be set ready: {e}"),
+            }
+        }
+        let Some(applied) = &self.applied else { return report };
+        let drift = crate::drift(applied, &observed, &draining);
+        if !drift.is_empty() {
+            let shown: Vec<&String> = drift.iter().take(10).collect();
+            warn!(differences = drift.len(), first = ?shown, "HAProxy's servers differ from the desired state; repairing with a reload.");
+            self.reload_pending = self.s.do_reloads;
+        }
+        report
+    }
+
+    /// `applied` follows `desired` for what changed since it was last brought up to date.
+    fn set_applied(&mut self, desired: &DesiredState) {
+        match (&mut self.applied, std::mem::replace(&mut self.unapplied, Scope::none())) {
+            (Some(a), Scope::Services(names)) => {
+                for name in names {
+                    match desired.services.get(&name) {
+                        Some(svc) => {
+                            a.services.insert(name, svc.clone());
+                        }
+                        None => {
+                            a.services.remove(&name);
+                        }
+                    }
+                }
+            }
+            (applied, _) => *applied = Some(desired.clone()),
+        }
+    }
+
+    /// haproxy.cfg for `desired`, re-rendering only what changed since the last time.
+    fn text(&mut self, desired: &DesiredState) -> String {
+        let scope = std::mem::replace(&mut self.unrendered, Scope::none());
+        self.renderer.render(desired, &scope)
+    }
+
+    async fn write_accepted(&mut self, text: &str) -> Outcome {
+        match self.s.writer.install_accepted(text).await {
+            Ok(_) => {
+                self.file_due = None;
+                Outcome::Installed
+            }
+            Err(e) => {
+                error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
+                self.file_due = Some(Instant::now() + MIN_RETRY.max(self.s.restart_interval));
+                Outcome::Failed(e.to_string())
+            }
+        }
+    }
+
+    /// Bring haproxy.cfg in step with what the runtime API made HAProxy run.
+    async fn write_lagging(&mut self) {
+        let Some(applied) = self.applied.take() else {
+            self.file_due = None;
+            return;
+        };
+        let text = self.text(&applied);
+        self.applied = Some(applied);
+        self.write_accepted(&text).await;
     }
 
     /// The check refused `desired` (it is not tried again until it changes), or writing failed
@@ -292,18 +451,18 @@ impl Driver {
         if self.drain_check_at.is_some_and(|at| at <= now) {
             self.finish_drains(&mut report).await;
         }
-        if self.verify_at.is_some_and(|at| at <= now) {
-            self.verify().await;
+        if self.verify_at.is_some_and(|at| at <= now) && self.verifying.is_none() {
+            self.verify();
+        }
+        if self.file_due.is_some_and(|at| at <= now) {
+            self.write_lagging().await;
         }
         report
     }
 
-    /// What HAProxy runs now: known from the last apply, or at start-up read back from the
-    /// haproxy.cfg on disk when only its servers differ from `desired`.
-    fn current(&self, desired: &DesiredState) -> Option<DesiredState> {
-        if let Some(a) = &self.applied {
-            return Some(a.clone());
-        }
+    /// At start-up, what HAProxy runs: read back from the haproxy.cfg on disk when only its
+    /// servers differ from `desired`.
+    fn current_on_disk(&self, desired: &DesiredState) -> Option<DesiredState> {
         let disk = std::fs::read_to_string(&self.s.writer.path).ok()?;
         servers_on_disk(&disk, desired)
     }
@@ -327,6 +486,7 @@ impl Driver {
     /// Carry out runtime operations, counting the commands sent.
     async fn run_ops(&mut self, ops: &[Op], report: &mut Report) -> Result<(), Error> {
         let Some(rt) = self.runtime.clone() else { return Ok(()) };
+        self.changes += 1;
         for op in ops {
             match op {
                 // Back before its drain finished: the server is still there.
@@ -356,13 +516,19 @@ impl Driver {
             self.schedule_drain_check();
             return;
         };
-        let sessions = match rt.sessions().await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!("Cannot read sessions of draining servers: {e}");
-                None
+        // Only the backends with servers draining are asked about.
+        let backends: std::collections::BTreeSet<&BackendName> = self.draining.keys().map(|(b, _)| b).collect();
+        let mut sessions = Some(BTreeMap::new());
+        for b in backends {
+            match rt.sessions_of(b).await {
+                Ok(s) => sessions.iter_mut().for_each(|all| all.extend(s.clone())),
+                Err(e) => {
+                    warn!("Cannot read sessions of draining servers: {e}");
+                    sessions = None;
+                    break;
+                }
             }
-        };
+        }
         let now = Instant::now();
         let due: Vec<_> = self
             .draining
@@ -373,6 +539,7 @@ impl Driver {
             .map(|(k, d)| (k.clone(), *d))
             .collect();
         for ((backend, name), deadline) in due {
+            self.changes += 1;
             match rt.remove(&backend, &name).await {
                 Ok(n) => {
                     report.runtime_commands += n as u64;
@@ -389,30 +556,24 @@ impl Driver {
         self.schedule_drain_check();
     }
 
-    /// Compare what HAProxy runs with what it should run; a difference owes a reload.
-    async fn verify(&mut self) {
+    /// Start a drift check: `show servers state` is read and parsed beside the loop, and
+    /// compared in [`Driver::verified`].
+    fn verify(&mut self) {
         self.verify_at = Some(Instant::now() + self.s.verify_interval);
-        let (Some(rt), Some(applied)) = (&self.runtime, &self.applied) else { return };
+        let (Some(rt), Some(_)) = (&self.runtime, &self.applied) else { return };
         if self.reload_pending {
             return;
         }
-        match rt.servers_state().await {
-            Ok(observed) => {
-                let draining: Vec<_> = self.draining.keys().cloned().collect();
-                let drift = crate::drift(applied, &observed, &draining);
-                if !drift.is_empty() {
-                    warn!(drift = ?drift, "HAProxy's servers differ from the desired state; repairing with a reload.");
-                    self.reload_pending = self.s.do_reloads;
-                }
-            }
-            Err(e) => warn!("Cannot check HAProxy's servers: {e}"),
-        }
+        let rt = rt.clone();
+        self.verifying_since = self.changes;
+        self.verifying = Some(tokio::spawn(async move { rt.servers_state().await }));
     }
 
     /// Save the server state, then reload: through the master CLI (verified: a new worker must
     /// appear), or `reload_command`.
     async fn reload(&mut self, desired: &DesiredState) -> Result<(), String> {
         let now = Instant::now();
+        self.changes += 1;
         self.gate.record(now);
         if let (Some(rt), Some(path)) = (&self.runtime, &self.s.server_state_file) {
             match rt.servers_state_text().await {
@@ -458,6 +619,7 @@ impl Driver {
 mod tests {
     use super::*;
     use myelin_core::{BackendOrder, DesiredService, Host, Port, Server, ServiceName, ServiceShape};
+    use crate::render;
 
     fn state(ports: &[u16]) -> DesiredState {
         let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
@@ -497,6 +659,12 @@ mod tests {
         })
     }
 
+    impl Driver {
+        async fn apply_all(&mut self, desired: &DesiredState) -> Report {
+            self.apply(desired, &Scope::All).await
+        }
+    }
+
     fn reloads(dir: &std::path::Path) -> usize {
         std::fs::read_to_string(dir.join("reloads")).map_or(0, |s| s.lines().count())
     }
@@ -505,14 +673,14 @@ mod tests {
     async fn installs_reloads_once_and_then_leaves_an_unchanged_state_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = driver(dir.path(), "true", "true", None);
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert!(r.in_force());
         assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), Some(Ok(()))));
         assert_eq!(reloads(dir.path()), 1);
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert_eq!((r.outcome, r.reload), (Some(Outcome::Unchanged), None));
         // Without the runtime API, a server change is a file and a reload.
-        let r = d.apply(&state(&[1, 2])).await;
+        let r = d.apply_all(&state(&[1, 2])).await;
         assert_eq!((r.outcome, r.reload, r.servers), (Some(Outcome::Installed), Some(Ok(())), (1, 0, 0)));
         assert_eq!(reloads(dir.path()), 2);
         assert!(!d.wants_apply());
@@ -522,16 +690,16 @@ mod tests {
     async fn a_refused_state_is_skipped_until_it_changes_or_the_config_is_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = driver(dir.path(), "echo 'line 3: unknown keyword' >&2; exit 1", "true", None);
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert!(matches!(&r.outcome, Some(Outcome::Rejected(e)) if e.contains("unknown keyword")), "{r:?}");
         assert!(!r.in_force());
         assert!(!dir.path().join("haproxy.cfg").exists());
-        assert_eq!(d.apply(&state(&[1])).await.outcome, None);
-        assert!(matches!(d.apply(&state(&[2])).await.outcome, Some(Outcome::Rejected(_))));
+        assert_eq!(d.apply_all(&state(&[1])).await.outcome, None);
+        assert!(matches!(d.apply_all(&state(&[2])).await.outcome, Some(Outcome::Rejected(_))));
         // SIGHUP: the check may have changed (here it now passes), so the state is tried again.
         let fixed = driver(dir.path(), "true", "true", None).s;
         d.reconfigure(fixed);
-        assert_eq!(d.apply(&state(&[2])).await.outcome, Some(Outcome::Installed));
+        assert_eq!(d.apply_all(&state(&[2])).await.outcome, Some(Outcome::Installed));
         assert_eq!(reloads(dir.path()), 1);
     }
 
@@ -539,7 +707,7 @@ mod tests {
     async fn a_failed_reload_is_owed_and_retried_after_a_pause() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = driver(dir.path(), "true", "exit 1", None);
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert_eq!(r.outcome, Some(Outcome::Installed));
         assert!(matches!(r.reload, Some(Err(_))));
         assert!(!r.in_force());
@@ -547,7 +715,7 @@ mod tests {
         let now = Instant::now();
         assert!(d.earliest_apply(now) >= now + Duration::from_millis(900));
         // The file is already in place: the retry reloads all the same.
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert_eq!(r.outcome, Some(Outcome::Unchanged));
         assert!(matches!(r.reload, Some(Err(_))));
         assert_eq!(reloads(dir.path()), 2);
@@ -558,11 +726,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut d = driver(dir.path(), "true", "true", Some(dir.path().join("no-such.sock")));
         // What runs is unknown at first: the file and a reload.
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert_eq!((r.outcome, r.runtime_error), (Some(Outcome::Installed), None));
         assert!(d.next_wake().is_some(), "drift checks run after any apply");
         // A server added: the runtime API is tried, fails, and a reload carries the change.
-        let r = d.apply(&state(&[1, 2])).await;
+        let r = d.apply_all(&state(&[1, 2])).await;
         assert!(r.runtime_error.is_some(), "{r:?}");
         assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), Some(Ok(()))));
         assert_eq!(reloads(dir.path()), 2);
@@ -602,7 +770,7 @@ mod tests {
         // Restarted onto the haproxy.cfg it wrote before: only servers differ now.
         std::fs::write(dir.path().join("haproxy.cfg"), render(&state(&[1]))).unwrap();
         let mut d = driver(dir.path(), "true", "true", Some(sock));
-        let r = d.apply(&state(&[1, 2])).await;
+        let r = d.apply_all(&state(&[1, 2])).await;
         assert_eq!((r.outcome, r.reload, r.runtime_commands), (Some(Outcome::Installed), None, 2), "{:?}", seen.lock().unwrap());
         assert_eq!(reloads(dir.path()), 0);
         assert!(seen.lock().unwrap()[0].starts_with("add server web/s2 127.0.0.1:2"));
@@ -618,14 +786,41 @@ mod tests {
         std::fs::write(dir.path().join("haproxy.cfg"), render(&state(&[1]))).unwrap();
         // The operator's check refuses any config routing to port 2.
         let mut d = driver(dir.path(), "! grep -q '127.0.0.1:2$' \"$MYELIN_CANDIDATE\"", "true", Some(sock));
-        let r = d.apply(&state(&[1, 2])).await;
+        let r = d.apply_all(&state(&[1, 2])).await;
         assert!(matches!(r.outcome, Some(Outcome::Rejected(_))), "{r:?}");
         assert_eq!(r.runtime_commands, 0);
         assert!(seen.lock().unwrap().is_empty(), "nothing reached HAProxy: {:?}", seen.lock().unwrap());
         assert_eq!(std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap(), render(&state(&[1])));
         // A change the check accepts goes through the runtime API.
-        let r = d.apply(&state(&[1, 3])).await;
+        let r = d.apply_all(&state(&[1, 3])).await;
         assert_eq!((r.outcome, r.runtime_commands), (Some(Outcome::Installed), 2));
+    }
+
+    #[tokio::test]
+    async fn runtime_changes_share_one_file_write_that_follows_soon_and_at_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("stats.sock");
+        let _seen = fake_stats_socket(sock.clone());
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg, render(&state(&[1]))).unwrap();
+        let mut d = driver(dir.path(), "true", "true", Some(sock));
+        d.s.writer.check_command = None;
+        let web = ServiceName::parse("web").unwrap();
+        let scope = Scope::Services([web].into());
+        // Two changes in a row: HAProxy has both at once, the file follows once.
+        assert_eq!(d.apply(&state(&[1, 2]), &scope).await.outcome, Some(Outcome::Installed));
+        assert_eq!(d.apply(&state(&[1, 2, 3]), &scope).await.outcome, Some(Outcome::Installed));
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[1])), "the file lags by design");
+        let due = d.next_wake().unwrap();
+        assert!(due <= Instant::now() + FILE_COALESCE);
+        tokio::time::sleep_until(due).await;
+        d.tick().await;
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[1, 2, 3])));
+        // At exit, a lagging file is written at once.
+        assert_eq!(d.apply(&state(&[3]), &scope).await.outcome, Some(Outcome::Installed));
+        d.flush().await;
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[3])));
+        assert_eq!(reloads(dir.path()), 0);
     }
 
     #[tokio::test]
@@ -633,7 +828,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut d = driver(dir.path(), "true", "true", None);
         d.s.do_reloads = false;
-        let r = d.apply(&state(&[1])).await;
+        let r = d.apply_all(&state(&[1])).await;
         assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), None));
         assert_eq!(reloads(dir.path()), 0);
     }

@@ -21,11 +21,11 @@ pub use driver::{Driver, DriverSettings, Outcome, Report};
 pub use route::{route, Reload, Route, Situation};
 pub use gate::ReloadGate;
 pub use ondisk::{servers_by_backend, servers_on_disk};
-pub use render::render;
+pub use render::{render, Renderer};
 pub use master::{parse_show_proc, Master, Processes};
 pub use ops::{runtime_ops, Op};
 pub use runtime::Runtime;
-pub use servers::{drift, parse_servers_state, parse_stat_sessions, ServerState};
+pub use servers::{drift, parse_servers_state, parse_stat_sessions, stuck_draining, ServerState, ADMIN_FORCED_DRAIN};
 pub use state_file::filter_state_file;
 pub use writer::{write_atomic, InstallOutcome, Writer};
 

@@ -1,5 +1,7 @@
+use std::collections::BTreeMap;
+
 use askama::Template;
-use myelin_core::{DesiredService, DesiredState, Server, ServiceName};
+use myelin_core::{DesiredService, DesiredState, Scope, Server, ServiceName};
 
 struct ServiceView<'a> {
     name: &'a ServiceName,
@@ -7,29 +9,119 @@ struct ServiceView<'a> {
     servers: Vec<&'a Server>,
 }
 
-/// Only validated types reach this template (`escape = "none"`): `ConfigLine`, `Ident`s, `Host`,
-/// `Port`, `Weight`.
+/// `global`, `defaults` and the extra sections. Only validated types reach these templates
+/// (`escape = "none"`): `ConfigLine`, `Ident`s, `Host`, `Port`, `Weight`.
 #[derive(Template)]
-#[template(path = "haproxy.cfg", escape = "none")]
-struct Config<'a> {
+#[template(path = "head.cfg", escape = "none")]
+struct Head<'a> {
     version: &'a str,
     state: &'a DesiredState,
-    services: Vec<ServiceView<'a>>,
+}
+
+/// One service: its frontend (when it has a port) and its backend.
+#[derive(Template)]
+#[template(path = "service.cfg", escape = "none")]
+struct Service<'a> {
+    svc: ServiceView<'a>,
+}
+
+fn head(state: &DesiredState) -> String {
+    Head { version: env!("CARGO_PKG_VERSION"), state }.render().expect("rendering into a String cannot fail")
+}
+
+fn service(name: &ServiceName, service: &DesiredService) -> String {
+    Service { svc: ServiceView { name, service, servers: service.ordered_servers() } }.render().expect("rendering into a String cannot fail")
 }
 
 /// haproxy.cfg for a desired state: the same state always gives the same bytes.
 pub fn render(state: &DesiredState) -> String {
-    let services = state
-        .services
-        .iter()
-        .map(|(name, service)| ServiceView { name, service, servers: service.ordered_servers() })
-        .collect();
-    Config { version: env!("CARGO_PKG_VERSION"), state, services }.render().expect("rendering into a String cannot fail")
+    Renderer::default().render(state, &Scope::All)
+}
+
+/// Renders haproxy.cfg keeping each service's text, so that a change re-renders only the
+/// services it touched. The output is always what [`render`] gives for the same state.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    head: String,
+    services: BTreeMap<ServiceName, String>,
+}
+
+impl Renderer {
+    /// Render `state`, of which only the services in `scope` changed since the last call.
+    pub fn render(&mut self, state: &DesiredState, scope: &Scope) -> String {
+        self.refresh(state, scope);
+        let len = self.head.len() + self.services.values().map(String::len).sum::<usize>() + 1;
+        let mut out = String::with_capacity(len);
+        out.push_str(&self.head);
+        for text in self.services.values() {
+            out.push_str(text);
+        }
+        out.push('\n');
+        out
+    }
+
+    fn refresh(&mut self, state: &DesiredState, scope: &Scope) {
+        match scope {
+            Scope::All => {
+                self.head = head(state);
+                self.services = state.services.iter().map(|(n, s)| (n.clone(), service(n, s))).collect();
+            }
+            Scope::Services(names) => {
+                for name in names {
+                    match state.services.get(name) {
+                        Some(s) => {
+                            self.services.insert(name.clone(), service(name, s));
+                        }
+                        None => {
+                            self.services.remove(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_renders_what_a_full_render_gives() {
+        let names: Vec<ServiceName> = ["a", "b", "c"].iter().map(|n| ServiceName::parse(n).unwrap()).collect();
+        let spec = Spec {
+            sections: Sections { global: vec![line("maxconn 100")], ..Sections::default() },
+            services: names
+                .iter()
+                .map(|n| {
+                    (n.clone(), ServiceSpec {
+                        frontend: None,
+                        backend_name: BackendName::parse(n.as_str()).unwrap(),
+                        backend_lines: vec![],
+                        server_options: None,
+                        default_servers: vec![],
+                        keep_default_servers: false,
+                        backend_port_override: None,
+                        order: BackendOrder::Asc,
+                    })
+                })
+                .collect(),
+        };
+        let mut store = Store::new(names.iter().map(|n| (n.clone(), StoreOptions::default())));
+        let mut state = DesiredState::build(&spec, &store);
+        let mut r = Renderer::default();
+        assert_eq!(r.render(&state, &Scope::All), render(&state));
+        for (i, n) in names.iter().cycle().take(7).enumerate() {
+            store.apply(n, "", Update::Upsert(Discovered::new("127.0.0.1", 80 + i as u16).named(format!("s{i}"))));
+            let scope = Scope::Services([n.clone()].into());
+            state.update(&spec, &store, &scope);
+            assert_eq!(r.render(&state, &scope), render(&state));
+        }
+        // A service gone from the state goes from the text.
+        let mut smaller = state.clone();
+        smaller.services.remove(&names[1]);
+        assert_eq!(r.render(&smaller, &Scope::Services([names[1].clone()].into())), render(&smaller));
+    }
     use myelin_core::{
         BackendName, BackendOrder, BindAddress, ConfigLine, Discovered, FrontendSpec, Port, Sections, ServiceSpec, Spec,
         Store, StoreOptions, Update,

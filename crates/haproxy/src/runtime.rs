@@ -100,6 +100,14 @@ impl Runtime {
         Ok(reply)
     }
 
+    /// Current sessions per (backend, server) of one backend: `show stat <backend> 4 -1` (its
+    /// servers only), so that draining costs what drains, not the fleet.
+    pub async fn sessions_of(&self, backend: &BackendName) -> Result<BTreeMap<(String, String), u64>, Error> {
+        let command = format!("show stat {backend} 4 -1");
+        let reply = self.ask(&command).await?;
+        parse_stat_sessions(&reply).map_err(|reason| Error::Runtime { command, reply: reason })
+    }
+
     /// Current sessions per (backend, server), from `show stat`.
     pub async fn sessions(&self) -> Result<BTreeMap<(String, String), u64>, Error> {
         let reply = self.ask("show stat").await?;

@@ -1,7 +1,7 @@
 //! What HAProxy reports about its servers (`show servers state`, `show stat`), and how it
 //! differs from what it should run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use myelin_core::{BackendName, DesiredState, ServerName};
 
@@ -65,18 +65,43 @@ pub fn parse_stat_sessions(csv: &str) -> Result<BTreeMap<(String, String), u64>,
     Ok(out)
 }
 
+/// HAProxy's admin state bit for a forced drain (`set server ... state drain`), which is how
+/// myelin takes a removed server out of rotation.
+pub const ADMIN_FORCED_DRAIN: u32 = 0x08;
+
+/// Servers `applied` wants that HAProxy holds in a forced drain, myelin not draining them: left
+/// over from a myelin killed while it drained (a server removed, then back), or drained by hand.
+/// They take no new traffic until set `ready` again. An operator's maintenance is left alone.
+pub fn stuck_draining(applied: &DesiredState, observed: &[ServerState], draining: &BTreeSet<(BackendName, ServerName)>) -> Vec<(BackendName, ServerName)> {
+    let mut out = Vec::new();
+    let by: BTreeMap<(&str, &str), &ServerState> = observed.iter().map(|o| ((o.backend.as_str(), o.name.as_str()), o)).collect();
+    for svc in applied.services.values() {
+        let be = &svc.shape.backend_name;
+        for name in svc.servers.keys() {
+            let Some(o) = by.get(&(be.as_str(), name.as_str())) else { continue };
+            if o.admin_state & ADMIN_FORCED_DRAIN != 0 && !draining.contains(&(be.clone(), name.clone())) {
+                out.push((be.clone(), name.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// Differences between what HAProxy runs and `applied` (servers being drained excepted): a
 /// description of each, empty when they agree. Only membership, address, port and weight are
-/// compared; an operator's maintenance or drain is not undone.
-pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &[(BackendName, ServerName)]) -> Vec<String> {
+/// compared; an operator's maintenance or drain is not undone. `observed` is indexed by backend
+/// once, so the cost is linear in the fleet.
+pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &BTreeSet<(BackendName, ServerName)>) -> Vec<String> {
+    let mut by_backend: BTreeMap<&str, BTreeMap<&str, &ServerState>> = BTreeMap::new();
+    for o in observed {
+        by_backend.entry(o.backend.as_str()).or_default().insert(o.name.as_str(), o);
+    }
+    let is_draining = |be: &BackendName, name: &str| ServerName::parse(name).is_ok_and(|n| draining.contains(&(be.clone(), n)));
     let mut out = Vec::new();
+    let empty = BTreeMap::new();
     for svc in applied.services.values() {
         let be = svc.shape.backend_name.as_str();
-        let seen: BTreeMap<&str, &ServerState> = observed
-            .iter()
-            .filter(|o| o.backend == be && !draining.iter().any(|(b, n)| b.as_str() == be && n.as_str() == o.name))
-            .map(|o| (o.name.as_str(), o))
-            .collect();
+        let seen = by_backend.get(be).unwrap_or(&empty);
         for (name, s) in &svc.servers {
             match seen.get(name.as_str()) {
                 None => out.push(format!("{be}/{name} is missing")),
@@ -91,7 +116,7 @@ pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &[(Back
             }
         }
         for name in seen.keys() {
-            if !svc.servers.keys().any(|k| k.as_str() == *name) {
+            if !svc.servers.keys().any(|k| k.as_str() == *name) && !is_draining(&svc.shape.backend_name, name) {
                 out.push(format!("{be}/{name} should not be there"));
             }
         }
@@ -105,6 +130,21 @@ mod tests {
 
 
     const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 web 1 a 127.0.0.1 2 0 10 10 2 8 2 0 6 0 0 0 - 19081 - 0 0 - - 0\n3 web 2 b 127.0.0.1 0 1 5 5 1 1 0 0 2 0 0 0 - 19082 - 0 0 - - 0\n\n";
+
+    #[test]
+    fn finds_servers_stuck_in_a_drain() {
+        use myelin_core::{BackendOrder, DesiredService, Host, Port, Server, ServiceName, ServiceShape};
+        let server = |n: &str| Server { name: ServerName::parse(n).unwrap(), host: Host::parse("127.0.0.1").unwrap(), port: Port::new(1).unwrap(), weight: None, options: None };
+        let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
+        let servers = ["a", "b", "c"].map(server).into_iter().map(|s| (s.name.clone(), s)).collect();
+        let applied = DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..Default::default() };
+        let st = |n: &str, admin: u32| ServerState { backend: "web".into(), name: n.into(), addr: "127.0.0.1".into(), port: 1, admin_state: admin, weight: 1 };
+        // a: drained and wanted; b: in maintenance (an operator's); c: drained, but myelin drains it.
+        let observed = [st("a", 8), st("b", 1), st("c", 8), st("gone", 8)];
+        let draining = [(BackendName::parse("web").unwrap(), ServerName::parse("c").unwrap())].into();
+        let stuck = stuck_draining(&applied, &observed, &draining);
+        assert_eq!(stuck.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
 
     #[test]
     fn parses_servers_state() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use myelin_config::Loaded;
-use myelin_core::{Backend, DesiredState, ServiceName, Store};
+use myelin_core::{Backend, DesiredState, Scope, ServiceName, Store};
 use myelin_haproxy::Driver;
 use myelin_watch::{Event, EventKind};
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,6 +22,8 @@ use crate::{commands, statefile};
 
 /// How long the first apply waits for every source to sync before it goes ahead with what is known.
 const STARTUP_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// myelin's state file (a cache for restarts) is written at most this often.
+const STATE_FILE_EVERY: Duration = Duration::from_secs(1);
 
 struct Daemon {
     path: PathBuf,
@@ -31,12 +33,16 @@ struct Daemon {
     tx: mpsc::Sender<Event>,
     rx: mpsc::Receiver<Event>,
     watchers: Watchers,
-    /// The store changed since the last apply.
-    dirty: bool,
+    /// The desired state, kept up to date service by service.
+    desired: DesiredState,
+    /// What changed in the store since the last apply.
+    changed: Scope,
     started: bool,
     start_deadline: Instant,
     /// The state file's last written text.
     state_written: Option<String>,
+    /// The state file is behind the store and is written then.
+    state_due: Option<Instant>,
     /// Status, metrics, systemd notifications and file_output.
     obs: Observer,
 }
@@ -56,10 +62,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         tx,
         rx,
         watchers: Watchers::default(),
-        dirty: true,
+        desired: DesiredState::default(),
+        changed: Scope::All,
         started: false,
         start_deadline: Instant::now() + STARTUP_SYNC_TIMEOUT,
         state_written: None,
+        state_due: None,
         obs,
     };
     d.seed_from_haproxy_cfg();
@@ -76,8 +84,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     );
 
     loop {
+        d.obs.flush();
         let wake = d.next_apply();
         let tick = d.driver.next_wake();
+        let state_due = d.state_due;
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping; HAProxy keeps running with the last installed config."); break }
             _ = int.recv() => { info!("SIGINT: stopping; HAProxy keeps running with the last installed config."); break }
@@ -93,11 +103,20 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 let report = d.driver.tick().await;
                 d.obs.runtime_commands(report.runtime_commands, false);
             }
+            Some(result) = async { match d.driver.verifying() { Some(h) => Some(h.await), None => None } } => {
+                let report = d.driver.verified(result).await;
+                d.obs.runtime_commands(report.runtime_commands, false);
+            }
+            _ = sleep_until(state_due), if state_due.is_some() => d.write_state_file(),
             _ = d.obs.tick() => {}
         }
     }
     d.obs.stopping();
     d.watchers.stop_all();
+    d.driver.flush().await;
+    if d.state_due.is_some() {
+        d.write_state_file();
+    }
     Ok(())
 }
 
@@ -123,7 +142,7 @@ impl Daemon {
             } else {
                 self.start_deadline
             }
-        } else if self.dirty || self.driver.wants_apply() {
+        } else if !self.changed.is_empty() || self.driver.wants_apply() {
             now
         } else {
             return None;
@@ -147,7 +166,9 @@ impl Daemon {
                 if applied.kept_previous {
                     warn!(%service, "Discovery reports no backends; keeping the previous ones (use_previous_backends).");
                 }
-                self.dirty |= applied.changed;
+                if applied.changed {
+                    self.changed.add(service);
+                }
             }
             EventKind::Problem(e) if e.is_entry() => {
                 self.obs.problem(service, &e);
@@ -193,6 +214,7 @@ impl Daemon {
     }
 
     fn write_state_file(&mut self) {
+        self.state_due = None;
         let Some(path) = self.loaded.haproxy.state_file_path.clone() else { return };
         let text = statefile::snapshot(&self.store);
         if self.state_written.as_ref() == Some(&text) {
@@ -205,13 +227,13 @@ impl Daemon {
     }
 
     async fn apply(&mut self) {
-        let desired = DesiredState::build(&self.loaded.spec, &self.store);
+        let scope = std::mem::replace(&mut self.changed, Scope::none());
+        self.desired.update(&self.loaded.spec, &self.store, &scope);
         self.started = true;
-        self.dirty = false;
-        let report = self.driver.apply(&desired).await;
-        self.obs.applied(&desired, &self.store, &report);
-        if report.in_force() {
-            self.write_state_file();
+        let report = self.driver.apply(&self.desired, &scope).await;
+        self.obs.applied(&self.desired, &self.store, &scope, &report);
+        if report.in_force() && self.loaded.haproxy.state_file_path.is_some() {
+            self.state_due.get_or_insert(Instant::now() + STATE_FILE_EVERY);
         }
     }
 
@@ -251,7 +273,7 @@ impl Daemon {
         for name in restarted.iter().chain(&added) {
             self.watchers.start(&self.loaded, name, &self.tx);
         }
-        self.dirty = true;
+        self.changed = Scope::All;
         self.obs.configure(&self.loaded, &restarted);
         self.obs.config_reloaded(Ok(()));
         info!(added = added.len(), removed, restarted = restarted.len(), "Configuration reloaded.");

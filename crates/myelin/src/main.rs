@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod logwriter;
 mod notify;
 mod observe;
 mod statefile;
@@ -96,9 +97,10 @@ fn stderr_is_journal() -> bool {
     }
 }
 
-/// Under the journal, every line starts with its syslog priority, as sd-daemon(3) describes
+/// Under the journal, every event starts with its syslog priority, as sd-daemon(3) describes
 /// (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug): journald reads the prefix, so
-/// `journalctl -p warning` shows myelin's warnings. Each line of a multi-line message gets it.
+/// `journalctl -p warning` shows myelin's warnings. An event is one line (the escaping writer
+/// turns line breaks inside it into `\n`), so one prefix covers it.
 struct JournalPriority<F>(F);
 
 fn priority(level: tracing::Level) -> u8 {
@@ -110,7 +112,7 @@ fn priority(level: tracing::Level) -> u8 {
     }
 }
 
-/// `text` with `<priority>` before each line.
+/// `text` with `<priority>` before each line (for text printed without tracing).
 fn with_priority(priority: u8, text: &str) -> String {
     text.lines().map(|l| format!("<{priority}>{l}\n")).collect()
 }
@@ -127,9 +129,8 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let mut text = String::new();
-        self.0.format_event(ctx, tracing_subscriber::fmt::format::Writer::new(&mut text), event)?;
-        writer.write_str(&with_priority(priority(*event.metadata().level()), &text))
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 
@@ -137,14 +138,15 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MYELIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let journal = matches!(format, LogFormat::Auto) && stderr_is_journal();
+    let ansi = std::io::stderr().is_terminal() && !journal;
+    // Untrusted text (names, payloads) reaches log lines: every control character in a line is
+    // escaped, so a discovery record cannot forge lines (see logwriter).
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logwriter::Escaping { ansi }).with_ansi(ansi);
     match format {
-        LogFormat::Auto if stderr_is_journal() => {
+        LogFormat::Auto if journal => {
             let plain = tracing_subscriber::fmt::format().without_time().with_ansi(false);
-            builder.with_ansi(false).event_format(JournalPriority(plain)).init()
+            builder.event_format(JournalPriority(plain)).init()
         }
         LogFormat::Auto | LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -208,12 +210,13 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Each write (tracing's fmt layer writes one event per write) kept apart.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    struct Buf(Arc<Mutex<Vec<Vec<u8>>>>);
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0.lock().unwrap().push(b.to_vec());
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -236,14 +239,15 @@ mod tests {
             tracing::info!("news");
             tracing::debug!("detail");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        // As the escaping writer writes it to the journal: one line per event.
+        let events = buf.0.lock().unwrap().clone();
+        let text: String = events.iter().map(|e| String::from_utf8(logwriter::escape(e, false)).unwrap()).collect();
         let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
-        assert!(lines[0].starts_with("<3>") && lines[0].contains("ERROR") && lines[0].contains("refused:"), "{text}");
-        assert!(lines[1].starts_with("<3>the reason"), "{text}");
-        assert!(lines[2].starts_with("<4>") && lines[2].contains("a warning"), "{text}");
-        assert!(lines[3].starts_with("<6>") && lines[3].contains("news"), "{text}");
-        assert!(lines[4].starts_with("<7>") && lines[4].contains("detail"), "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("<3>") && lines[0].contains("ERROR") && lines[0].contains("refused:\\nthe reason"), "{text}");
+        assert!(lines[1].starts_with("<4>") && lines[1].contains("a warning"), "{text}");
+        assert!(lines[2].starts_with("<6>") && lines[2].contains("news"), "{text}");
+        assert!(lines[3].starts_with("<7>") && lines[3].contains("detail"), "{text}");
     }
 
     #[test]

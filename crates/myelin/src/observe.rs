@@ -15,7 +15,7 @@ use myelin_admin::{
     timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceStatus, Snapshot, WatcherState,
 };
 use myelin_config::Loaded;
-use myelin_core::{Applied, DesiredState, ServiceName, Store};
+use myelin_core::{Applied, DesiredState, Scope, ServiceName, Store};
 use myelin_haproxy::{Outcome as HaOutcome, Report};
 use myelin_output::FileOutput;
 use myelin_source::SourceError;
@@ -53,15 +53,36 @@ struct Track {
     method: &'static str,
     watcher: WatcherState,
     ever_synced: bool,
-    backends: Vec<BackendStatus>,
+    backends: Arc<Vec<BackendStatus>>,
     last_update: Option<String>,
     last_error: Option<String>,
     last_apply: Option<Outcome>,
     rejected: u64,
     reconnects: u64,
+    /// The published status, rebuilt only when something above changed (`stale`).
+    status: Option<Arc<ServiceStatus>>,
+    stale: bool,
 }
 
 impl Track {
+    fn status(&mut self) -> Arc<ServiceStatus> {
+        if self.stale || self.status.is_none() {
+            self.stale = false;
+            self.status = Some(Arc::new(ServiceStatus {
+                method: self.method.to_owned(),
+                watcher: self.watcher,
+                synced: self.ever_synced,
+                backends: self.backends.clone(),
+                last_update: self.last_update.clone(),
+                last_error: self.last_error.clone(),
+                last_apply: self.last_apply.clone(),
+                rejected: self.rejected,
+                reconnects: self.reconnects,
+            }));
+        }
+        self.status.clone().expect("just set")
+    }
+
     fn new(loaded: &Loaded, name: &ServiceName) -> Self {
         let discovery = &loaded.services[name].discovery;
         let supported = discovery.supported();
@@ -69,12 +90,14 @@ impl Track {
             method: discovery.method(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
             ever_synced: !supported,
-            backends: Vec::new(),
+            backends: Arc::default(),
             last_update: None,
             last_error: None,
             last_apply: None,
             rejected: 0,
             reconnects: 0,
+            status: None,
+            stale: true,
         }
     }
 }
@@ -88,8 +111,8 @@ pub struct Observer {
     haproxy_path: String,
     last_apply: Option<Outcome>,
     last_reload: Option<Outcome>,
-    /// The desired state of the last apply (to tell which services it changed).
-    last_desired: DesiredState,
+    /// Services whose last apply failed: they show the next outcome whatever it touches.
+    failed: std::collections::BTreeSet<ServiceName>,
     started_at: String,
     /// The first discovery change not yet carried by an installed haproxy.cfg.
     first_change: Option<Instant>,
@@ -97,6 +120,8 @@ pub struct Observer {
     ready_sent: bool,
     ready_deadline: Instant,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    /// A change not published yet.
+    unpublished: bool,
     file_output: Option<FileOutput>,
     file_output_last: Option<Outcome>,
 }
@@ -124,13 +149,14 @@ impl Observer {
             haproxy_path: String::new(),
             last_apply: None,
             last_reload: None,
-            last_desired: DesiredState::default(),
+            failed: Default::default(),
             started_at: timestamp(SystemTime::now()),
             first_change: None,
             notifier: Notifier::from_env(),
             ready_sent: false,
             ready_deadline: Instant::now() + READY_TIMEOUT,
             admin: None,
+            unpublished: true,
             file_output: None,
             file_output_last: None,
         };
@@ -173,6 +199,7 @@ impl Observer {
                 self.services.insert(name.clone(), Track::new(loaded, name));
             } else if restarted.contains(name) {
                 let t = self.services.get_mut(name).expect("present");
+                t.stale = true;
                 let fresh = Track::new(loaded, name);
                 t.method = fresh.method;
                 t.watcher = fresh.watcher;
@@ -202,6 +229,7 @@ impl Observer {
     /// A discovery update reached the store.
     pub fn update(&mut self, service: &ServiceName, applied: &Applied) {
         let Some(t) = self.services.get_mut(service) else { return };
+        t.stale = true;
         t.watcher = WatcherState::Synced;
         let first_sync = !t.ever_synced;
         t.ever_synced = true;
@@ -221,6 +249,7 @@ impl Observer {
     /// A discovery source reported a problem.
     pub fn problem(&mut self, service: &ServiceName, e: &SourceError) {
         let Some(t) = self.services.get_mut(service) else { return };
+        t.stale = true;
         if e.is_entry() {
             t.rejected += 1;
             self.metrics.rejected(service.as_str(), 1);
@@ -233,6 +262,7 @@ impl Observer {
 
     pub fn disconnected(&mut self, service: &ServiceName) {
         let Some(t) = self.services.get_mut(service) else { return };
+        t.stale = true;
         t.watcher = if t.watcher == WatcherState::Synced { WatcherState::Disconnected } else { t.watcher };
         t.reconnects += 1;
         self.metrics.watcher_reconnect(service.as_str());
@@ -244,7 +274,7 @@ impl Observer {
     /// what discovery found, and a config HAProxy refused (e.g. for an `errorfile` missing)
     /// says nothing about the backends. `READY=1` is sent once HAProxy runs the config
     /// (verified through the master CLI when there is one).
-    pub fn applied(&mut self, desired: &DesiredState, store: &Store, report: &Report) {
+    pub fn applied(&mut self, desired: &DesiredState, store: &Store, scope: &Scope, report: &Report) {
         self.runtime_commands(report.runtime_commands, report.runtime_error.is_some());
         if let Some(result) = &report.reload {
             self.reloaded(result.clone());
@@ -253,16 +283,29 @@ impl Observer {
         let o = Outcome::now(word(outcome), error_of(outcome));
         self.metrics.apply(word(outcome));
         let first = self.last_apply.is_none();
-        let routed = myelin_output::entries(desired, store);
+        // Only the services this apply changed (or that still show a failed apply) are
+        // touched: the cost follows the change.
+        let failed_before: Vec<ServiceName> = self.failed.iter().cloned().collect();
+        let mut routed = BTreeMap::new();
         for (name, t) in &mut self.services {
+            if !(first || scope.contains(name) || failed_before.contains(name)) {
+                continue;
+            }
             let Some(svc) = desired.services.get(name) else { continue };
-            t.backends = routed.get(name).cloned().unwrap_or_default();
+            let list = svc.routed(&store.backends(name));
+            if self.file_output.is_some() {
+                routed.insert(name.clone(), list.clone());
+            }
+            t.backends = Arc::new(list);
+            t.stale = true;
             self.metrics.set_backends(name.as_str(), t.backends.len());
-            if first || self.last_desired.services.get(name) != Some(svc) || t.last_apply.as_ref().is_some_and(|l| !l.is_ok()) {
-                t.last_apply = Some(o.clone());
+            t.last_apply = Some(o.clone());
+            if o.is_ok() {
+                self.failed.remove(name);
+            } else {
+                self.failed.insert(name.clone());
             }
         }
-        self.last_desired = desired.clone();
         let ok = o.is_ok();
         self.last_apply = Some(o);
         if ok {
@@ -271,7 +314,7 @@ impl Observer {
             }
         }
         if let Some(out) = &self.file_output {
-            let result = out.write(&routed);
+            let result = if first || *scope == Scope::All { out.write(&routed) } else { out.update(&routed) };
             self.file_output_last = Some(match result {
                 Ok(w) => {
                     if !w.written.is_empty() || !w.removed.is_empty() {
@@ -375,27 +418,20 @@ impl Observer {
         self.notifier.send(&[NotifyState::Stopping, NotifyState::Status("Stopping; HAProxy keeps the last installed config")]);
     }
 
+    /// Something to show changed: published at the next [`Observer::flush`].
     fn publish(&mut self) {
-        let services: BTreeMap<String, ServiceStatus> = self
-            .services
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.to_string(),
-                    ServiceStatus {
-                        method: t.method.to_owned(),
-                        watcher: t.watcher,
-                        synced: t.ever_synced,
-                        backends: t.backends.clone(),
-                        last_update: t.last_update.clone(),
-                        last_error: t.last_error.clone(),
-                        last_apply: t.last_apply.clone(),
-                        rejected: t.rejected,
-                        reconnects: t.reconnects,
-                    },
-                )
-            })
-            .collect();
+        self.unpublished = true;
+    }
+
+    /// Publish the status snapshot if anything changed since the last one. The daemon calls it
+    /// once per turn of its loop, so a burst of events is one snapshot, and a snapshot re-uses
+    /// the entries of the services that did not change.
+    pub fn flush(&mut self) {
+        if !self.unpublished {
+            return;
+        }
+        self.unpublished = false;
+        let services: BTreeMap<String, Arc<ServiceStatus>> = self.services.iter_mut().map(|(name, t)| (name.to_string(), t.status())).collect();
         let ready = services.values().all(|s| s.synced);
         self.metrics.set_ready(ready);
         let snap = Snapshot {

@@ -48,12 +48,20 @@ impl FileOutput {
         Self { dir: dir.into() }
     }
 
-    /// Bring the directory in line with `services`. Every service is attempted; the first error
-    /// is returned after all of them were.
-    pub fn write(&self, services: &BTreeMap<ServiceName, Vec<Entry>>) -> Result<Written, Error> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| Error::CreateDir { path: self.dir.clone(), source })?;
+    /// Write the files of these services only (the others did not change); nothing is
+    /// removed. Every service is attempted; the first error is returned after all of them were.
+    pub fn update(&self, services: &BTreeMap<ServiceName, Vec<Entry>>) -> Result<Written, Error> {
         let mut done = Written::default();
         let mut first_error = None;
+        self.write_files(services, &mut done, &mut first_error)?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    fn write_files(&self, services: &BTreeMap<ServiceName, Vec<Entry>>, done: &mut Written, first_error: &mut Option<Error>) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::CreateDir { path: self.dir.clone(), source })?;
         for (name, list) in services {
             let path = self.dir.join(format!("{name}.json"));
             let mut text = serde_json::to_string_pretty(list).expect("entries serialize");
@@ -68,6 +76,16 @@ impl FileOutput {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Bring the directory in line with `services` (all of them): their files are written and
+    /// the files of services not in it removed. Every service is attempted; the first error is
+    /// returned after all of them were.
+    pub fn write(&self, services: &BTreeMap<ServiceName, Vec<Entry>>) -> Result<Written, Error> {
+        let mut done = Written::default();
+        let mut first_error = None;
+        self.write_files(services, &mut done, &mut first_error)?;
         let listing = std::fs::read_dir(&self.dir).map_err(|source| Error::List { path: self.dir.clone(), source })?;
         let mut stale: Vec<PathBuf> = listing
             .filter_map(|e| e.ok().map(|e| e.path()))
