@@ -46,6 +46,8 @@ test: test-deps docker-engine
 bench: docker-engine
 	$(CARGO) build -p myelin
 	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep -o 'BENCH.*' || status=$$?; \
+	for n in 100 200; do integration/bench/file-sources.sh $${CARGO_TARGET_DIR:-target}/debug/myelin $$n 30 || status=$$?; done; \
+	$(CARGO) run -q -p myelin-integration --bin consul-bench || status=$$?; \
 	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; \
 	$(MAKE) bench-scale || status=$$?; exit $$status
 

@@ -9,6 +9,9 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
+# The Consul tests (integration/tests/consul*.rs): the TLS test makes a CA and certificates with
+# openssl, and HAProxy terminates TLS in front of the Consul test double.
+command -v openssl >/dev/null || need+=(openssl)
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -11,28 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use myelin_integration::docker::Engine;
+use myelin_integration::bench::{poll, summary};
 use myelin_integration::{free_port, get, Env};
 
 const ROUNDS: usize = 20;
 const STOP_TIMEOUT: &str = "3";
-
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Instant> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if f() {
-            return Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    None
-}
-
-fn summary(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let median = if v.len() % 2 == 1 { ms(v[v.len() / 2]) } else { (ms(v[v.len() / 2 - 1]) + ms(v[v.len() / 2])) / 2.0 };
-    println!("{name:<44} median {median:7.1} ms   worst {:7.1} ms   best {:7.1} ms   (n={})", ms(v[v.len() - 1]), ms(v[0]), v.len());
-}
 
 fn main() -> Result<()> {
     let engine = Engine::get()?;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod bench;
+pub mod consul;
 pub mod docker;
 
 /// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.

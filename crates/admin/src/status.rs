@@ -75,6 +75,9 @@ pub enum WatcherState {
     Starting,
     /// Delivered a complete set and is connected.
     Synced,
+    /// The source reports a problem (its file is gone, its registry answers an error): it does
+    /// not see the current set, and the service keeps its backends until it does again.
+    Failing,
     /// Lost its source; reconnecting with backoff. The service keeps its backends.
     Disconnected,
     /// The method is not supported yet: the service has its `default_servers` only.
@@ -86,6 +89,7 @@ impl WatcherState {
         match self {
             Self::Starting => "starting",
             Self::Synced => "synced",
+            Self::Failing => "failing",
             Self::Disconnected => "disconnected",
             Self::Unsupported => "unsupported",
         }

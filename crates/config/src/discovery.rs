@@ -6,24 +6,54 @@
 use std::collections::BTreeMap;
 
 use myelin_source::{Context, LabelFilter, Number, Partition, Seconds, SettingsProblem, SourceConfig, StaticConfig};
+use myelin_watch_consul::ConsulConfig;
 use myelin_watch_docker::DockerConfig;
 use myelin_watch_file::FileConfig;
 use serde::Deserialize;
 
-/// `services.<name>.discovery`.
+/// `services.<name>.discovery`. Each kind is read with [`with_path`], so that an error names
+/// the key inside the kind's settings (an internally tagged enum loses it otherwise).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Discovery {
     /// `default_servers` only (Synapse calls it `base`).
-    #[serde(alias = "base")]
+    #[serde(alias = "base", deserialize_with = "with_path")]
     Static(StaticConfig),
     /// A YAML or JSON file listing backends, watched for changes.
+    #[serde(deserialize_with = "with_path")]
     File(FileConfig),
     /// The containers of one or more Docker engines.
+    #[serde(deserialize_with = "with_path")]
     Docker(DockerConfig),
+    #[serde(deserialize_with = "with_path")]
     Zookeeper(ZookeeperDiscovery),
+    #[serde(deserialize_with = "with_path")]
     Etcd(EtcdDiscovery),
-    Consul(ConsulDiscovery),
+    /// The healthy instances of a Consul service (blocking queries).
+    #[serde(deserialize_with = "with_path")]
+    Consul(ConsulConfig),
+}
+
+/// Marks the key path below `discovery` at the front of an error message:
+/// `<MARK>servers[1].port<MARK>message`. The loader moves it into the error's key path.
+pub(crate) const PATH_MARK: char = '\u{1}';
+
+/// Deserialize a kind's settings, keeping the key path of an error in its message.
+fn with_path<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    serde_path_to_error::deserialize(d).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            inner
+        } else {
+            serde::de::Error::custom(format!("{PATH_MARK}{path}{PATH_MARK}{inner}"))
+        }
+    })
+}
+
+/// Split a message made by [`with_path`] into the key path below `discovery` and the message.
+pub(crate) fn split_path(message: &str) -> Option<(&str, &str)> {
+    message.strip_prefix(PATH_MARK)?.split_once(PATH_MARK)
 }
 
 impl Discovery {
@@ -99,17 +129,3 @@ pub struct EtcdDiscovery {
     pub label_filters: Vec<LabelFilter>,
 }
 not_supported_yet!(EtcdDiscovery, "etcd");
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsulDiscovery {
-    /// The service's name in Consul (default: the myelin service name).
-    pub service: Option<String>,
-    /// Consul's HTTP address (default `http://127.0.0.1:8500`).
-    pub address: Option<String>,
-    pub tag: Option<String>,
-    pub datacenter: Option<String>,
-    #[serde(default)]
-    pub label_filters: Vec<LabelFilter>,
-}
-not_supported_yet!(ConsulDiscovery, "consul");

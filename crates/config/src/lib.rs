@@ -8,11 +8,14 @@ mod error;
 mod interpolate;
 mod load;
 mod placement;
+mod position;
 mod schema;
+mod tagged;
 mod validate;
 
 pub use error::{ConfigError, Notice};
-pub use load::{load, load_str};
+pub use load::{load, load_str, load_with};
+pub use tagged::{tagged_services, ConsulServicesConfig, TemplateHaproxy};
 pub use schema::*;
 pub use validate::{Command, HaproxySettings, Loaded, ServiceRuntime};
 

@@ -1,43 +1,108 @@
 //! Reading a config file (and `service_conf_dir`) into a [`Loaded`] configuration.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use myelin_watch_consul::catalog::Catalog;
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 
-use crate::error::{with_hint, ConfigError};
+use crate::error::{with_hint, ConfigError, Notice};
 use crate::interpolate::interpolate;
+use crate::tagged::tagged_services;
+use crate::position::{FileIndex, KeyPath, Positions};
 use crate::schema::{Config, ServiceConfig};
 use crate::validate::{validate, Loaded};
 
+/// The largest config or `service_conf_dir` file read: far above any real configuration, and
+/// small enough that a wrong path (`/dev/zero`, a log file) fails at once.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// At most this many errors are returned; one more says how many were left out.
+pub(crate) const MAX_ERRORS: usize = 20;
+
+fn error(file: &Path, message: String) -> ConfigError {
+    ConfigError { file: file.into(), line: None, column: None, path: String::new(), message }
+}
+
+/// Read a whole file of at most [`MAX_FILE_BYTES`], reading no more than that.
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    let file = std::fs::File::open(path).map_err(|e| error(path, format!("cannot read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| error(path, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(error(path, format!("larger than {} MiB: not a configuration file", MAX_FILE_BYTES / (1024 * 1024))));
+    }
+    String::from_utf8(bytes).map_err(|e| error(path, format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+}
+
 /// Load, interpolate, parse and validate a config file. Errors name the file, position and key.
 pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError { file: path.into(), line: None, column: None, path: String::new(), message: format!("cannot read: {e}") }]
-    })?;
+    let text = read_bounded(path).map_err(|e| vec![e])?;
     load_str(path, &text)
 }
 
 /// As [`load`], with the file's text given (`path` names it in messages and anchors relative paths).
 pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
-    let (mut config, text) = parse::<Config>(path, text).map_err(|e| vec![e])?;
-    let mut sources = vec![(path.to_path_buf(), text)];
+    load_str_with(path, text, None)
+}
+
+/// As [`load`], with the services `consul_services` makes of `catalog` (the tagged Consul
+/// services, see [`crate::tagged_services`]) added; those it leaves out become notices.
+pub fn load_with(path: &Path, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
+    let text = read_bounded(path).map_err(|e| vec![e])?;
+    load_str_with(path, &text, catalog)
+}
+
+pub(crate) fn load_str_with(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
+    load_all(path, text, catalog).map_err(cap)
+}
+
+fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
+    let (mut config, index) = parse::<Config>(path, KeyPath::root(), text)?;
+    let mut files = vec![index];
     if let Some(dir) = &config.service_conf_dir {
         let dir = resolve(path, dir);
-        for (file, name, text, svc) in read_service_dir(&dir).map_err(|e| vec![e])? {
+        for (file, name, index, svc) in read_service_dir(&dir)? {
             if config.services.contains_key(&name) {
+                let at = KeyPath::root().key("services").key(name.as_str());
+                let first = Positions::new(vec![files[0].clone()]).locate(&at).1.map_or(String::new(), |p| format!(" (line {})", p.line));
+                let here = Positions::new(vec![index]).locate(&at).1;
                 return Err(vec![ConfigError {
                     file: file.clone(),
-                    line: None,
-                    column: None,
-                    path: format!("services.{name}"),
-                    message: format!("service {name:?} is also defined in {}", path.display()),
+                    line: here.map(|p| p.line),
+                    column: here.map(|p| p.column),
+                    path: at.to_string(),
+                    message: format!("service {name:?} is also defined in {}{first}", path.display()),
                 }]);
             }
             config.services.insert(name, svc);
-            sources.push((file, text));
+            files.push(index);
         }
     }
-    validate(path, config, &sources)
+    let mut skipped = BTreeMap::new();
+    if let (Some(t), Some(catalog)) = (&config.consul_services, catalog) {
+        let (made, left_out) = tagged_services(t, catalog, &config.services);
+        config.services.extend(made);
+        skipped = left_out;
+    }
+    let mut loaded = validate(path, config, Positions::new(files))?;
+    for (name, why) in skipped {
+        loaded.notices.push(Notice { file: path.into(), line: None, path: "consul_services".into(), message: format!("Consul service {name:?} is not routed: {why}") });
+    }
+    Ok(loaded)
+}
+
+/// Keep the first [`MAX_ERRORS`] errors, and say how many more there were.
+fn cap(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        let file = errors[0].file.clone();
+        errors.truncate(MAX_ERRORS);
+        errors.push(error(&file, format!("and {more} more error{}", if more == 1 { "" } else { "s" })));
+    }
+    errors
 }
 
 /// A path from the config, taken relative to the config file's directory.
@@ -49,8 +114,11 @@ pub(crate) fn resolve(config_file: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn read_service_dir(dir: &Path) -> Result<Vec<(PathBuf, String, String, ServiceConfig)>, ConfigError> {
-    let err = |message: String| ConfigError { file: dir.into(), line: None, column: None, path: "service_conf_dir".into(), message };
+/// A `service_conf_dir` file: its path, the service's name, its positions and its settings.
+type ServiceFile = (PathBuf, String, FileIndex, ServiceConfig);
+
+fn read_service_dir(dir: &Path) -> Result<Vec<ServiceFile>, Vec<ConfigError>> {
+    let err = |message: String| vec![ConfigError { file: dir.into(), line: None, column: None, path: "service_conf_dir".into(), message }];
     let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot read directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -60,36 +128,48 @@ fn read_service_dir(dir: &Path) -> Result<Vec<(PathBuf, String, String, ServiceC
     let mut out = Vec::new();
     for file in files {
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| ConfigError { file: file.clone(), line: None, column: None, path: String::new(), message: format!("cannot read: {e}") })?;
-        let (svc, text) = parse::<ServiceConfig>(&file, &text)?;
-        out.push((file, name, text, svc));
+        let text = read_bounded(&file).map_err(|e| vec![e])?;
+        let root = KeyPath::root().key("services").key(name.as_str());
+        let (svc, index) = parse::<ServiceConfig>(&file, root, &text)?;
+        out.push((file, name, index, svc));
     }
     Ok(out)
 }
 
-/// Interpolate and deserialize, keeping the position and key path of the first error.
-fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, String), ConfigError> {
-    let text = interpolate(text, |k| std::env::var(k).ok()).map_err(|e| ConfigError {
-        file: file.into(),
-        line: Some(e.line),
-        column: Some(e.column),
-        path: String::new(),
-        message: e.message,
+/// Interpolate, index and deserialize. Keys given twice are errors; otherwise the first
+/// deserialization error is returned with its position and key path.
+fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<(T, FileIndex), Vec<ConfigError>> {
+    let text = interpolate(text, |k| std::env::var(k).ok()).map_err(|e| {
+        vec![ConfigError { file: file.into(), line: Some(e.line), column: Some(e.column), path: String::new(), message: e.message }]
     })?;
     if text.trim().is_empty() {
-        return Err(ConfigError { file: file.into(), line: None, column: None, path: String::new(), message: "the file is empty".into() });
+        return Err(vec![error(file, "the file is empty".into())]);
+    }
+    let (index, duplicates) = FileIndex::build(file, root.clone(), &text);
+    if !duplicates.is_empty() {
+        return Err(duplicates);
     }
     let de = serde_yaml_ng::Deserializer::from_str(&text);
     match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Ok((v, text)),
+        Ok(v) => Ok((v, index)),
         Err(e) => {
-            let path = e.path().to_string();
+            // The key path serde reached, typed: where the index knows it, its position is
+            // exact (serde's own is the enclosing mapping's for tagged and untagged enums).
+            let mut at = root.clone();
+            for seg in e.path().iter() {
+                match seg {
+                    Segment::Seq { index } => at = at.index(*index),
+                    Segment::Map { key } => at = at.key(key.as_str()),
+                    Segment::Enum { .. } => {}
+                    Segment::Unknown => break,
+                }
+            }
+            // serde_path_to_error writes `?` for a segment it does not know: the path stops there.
+            let mut rel = at.to_string()[root.to_string().len()..].trim_start_matches('.').to_owned();
             let inner = e.into_inner();
-            let loc = inner.location();
+            let mut message = inner.to_string();
             // serde_yaml_ng appends " at line L column C" to the message: the position is shown
             // in front instead.
-            let mut message = inner.to_string();
             if let Some(i) = message.find(" at line ") {
                 message.truncate(i);
             }
@@ -99,13 +179,33 @@ fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, String), Co
                     message = rest.to_owned();
                 }
             }
-            Err(ConfigError {
-                file: file.into(),
-                line: loc.as_ref().map(|l| l.line()),
-                column: loc.as_ref().map(|l| l.column()),
-                path,
-                message: with_hint(&message),
-            })
+            // A discovery kind's settings say the key below `discovery` in the message.
+            if let Some((below, rest)) = crate::discovery::split_path(&message) {
+                let below = below.split(".?").next().unwrap_or_default().trim_start_matches('?');
+                if !below.is_empty() {
+                    at = at.dotted(below);
+                    rel = format!("{rel}.{below}");
+                }
+                message = rest.to_owned();
+            }
+            // An untagged enum's error is its `expecting` text alone ("a whole number").
+            if message.starts_with("a ") {
+                message = format!("expected {message}");
+            }
+            let pos = Positions::new(vec![index]);
+            let (line, column) = match (pos.exists(&at), inner.location()) {
+                (true, _) | (false, None) => {
+                    let p = pos.locate(&at).1;
+                    (p.map(|p| p.line), p.map(|p| p.column))
+                }
+                (false, Some(l)) => (Some(l.line()), Some(l.column())),
+            };
+            let path = match (root.to_string(), rel.trim_start_matches('.')) {
+                (r, "") => r,
+                (r, rel) if r.is_empty() => rel.to_owned(),
+                (r, rel) => format!("{r}.{rel}"),
+            };
+            Err(vec![ConfigError { file: file.into(), line, column, path, message: with_hint(&message) }])
         }
     }
 }

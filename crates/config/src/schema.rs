@@ -24,6 +24,8 @@ pub struct Config {
     /// myelin's own: the admin HTTP listener (`/health`, `/ready`, `/status`, `/metrics`).
     /// Off unless set.
     pub admin: Option<AdminConfig>,
+    /// myelin's own: every Consul service carrying a tag becomes a service, from a template.
+    pub consul_services: Option<crate::tagged::ConsulServicesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -218,3 +218,387 @@ fn the_docker_example_loads_and_retries_on_another_server() {
     assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
     assert!(defaults.contains(&"retry-on conn-failure empty-response response-timeout"), "{defaults:?}");
 }
+
+/// The errors of a config that must not load, one line each.
+fn errors(text: &str) -> Vec<String> {
+    match load_str(Path::new("/etc/myelin/test.yaml"), text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// One of the errors begins with `prefix` (`file:line:column: key.path: `).
+#[track_caller]
+fn has_error(text: &str, prefix: &str) {
+    let all = errors(text);
+    assert!(all.iter().any(|e| e.starts_with(prefix)), "no error starting with {prefix:?} in:\n{}", all.join("\n"));
+}
+
+const T: &str = "/etc/myelin/test.yaml";
+
+#[test]
+fn the_second_of_two_services_with_the_same_key_is_the_one_pointed_at() {
+    let text = "haproxy:\n  do_reloads: false\nservices:\n  a:\n    discovery: {method: static}\n    haproxy:\n      port: 8080\n  b:\n    discovery: {method: static}\n    haproxy:\n      port: 0\n      bind_address: 'no such'\n";
+    has_error(text, &format!("{T}:11:13: services.b.haproxy.port: "));
+    has_error(text, &format!("{T}:12:21: services.b.haproxy.bind_address: "));
+}
+
+#[test]
+fn listen_lines_and_extra_sections_point_at_the_line() {
+    let text = "haproxy:\n  do_reloads: false\n  extra_sections:\n    'listen stats.a b':\n      - mode http\n      - \"bind :1\\nfrontend x\"\nservices:\n  web:\n    discovery: {method: static}\n    haproxy:\n      listen:\n        - mode http\n        - \"option httpchk\\nbackend evil\"\n      backend: \"a\\nb\"\n";
+    has_error(text, &format!("{T}:6:9: haproxy.extra_sections.listen stats.a b[1]: "));
+    has_error(text, &format!("{T}:13:11: services.web.haproxy.listen[1]: "));
+    // A single string for a list: its key.
+    has_error(text, &format!("{T}:14:7: services.web.haproxy.backend[0]: "));
+}
+
+#[test]
+fn default_servers_errors_point_at_the_entry_key() {
+    // From the issue tracker: this weight (line 8) was reported at line 6.
+    let text = "haproxy: {do_reloads: false}\nservices:\n  web:\n    discovery: {method: static}\n    default_servers:\n      - host: 127.0.0.1\n        port: 80\n        weight: 1000\n      - {name: 'a b', host: 127.0.0.1, port: 81}\n      - {host: 127.0.0.1, port: 0}\n";
+    has_error(text, &format!("{T}:8:17: services.web.default_servers[0].weight: "));
+    has_error(text, &format!("{T}:9:16: services.web.default_servers[1].name: "));
+    has_error(text, &format!("{T}:10:33: services.web.default_servers[2].port: "));
+    let dup = "haproxy: {do_reloads: false}\nservices:\n  web:\n    discovery: {method: static}\n    default_servers:\n      - {host: 127.0.0.1, port: 80}\n      - {host: 127.0.0.1, port: 80}\n";
+    has_error(dup, &format!("{T}:7:9: services.web.default_servers[1]: duplicate server name"));
+}
+
+#[test]
+fn discovery_problems_point_at_their_key() {
+    let text = "haproxy: {do_reloads: false}\nservices:\n  a:\n    discovery:\n      method: docker\n      container_port: 8000\n  b:\n    discovery:\n      method: docker\n      container_port: 0\n      servers:\n        - {name: h1, host: 192.0.2.1}\n        - name: h2\n          host: 192.0.2.2\n          port: 70000\n";
+    has_error(text, &format!("{T}:10:23: services.b.discovery.container_port: "));
+    has_error(text, &format!("{T}:15:17: services.b.discovery.servers[1].port: "));
+}
+
+#[test]
+fn haproxy_settings_point_at_their_key() {
+    let text = "services: {}\nhaproxy:\n  global: [maxconn 10]\n  do_reloads: true\n  restart_jitter: 5\n  drain_timeout: 90000\n  do_socket: true\n  check_command: []\n";
+    has_error(text, &format!("{T}:5:19: haproxy.restart_jitter: "));
+    has_error(text, &format!("{T}:6:18: haproxy.drain_timeout: "));
+    has_error(text, &format!("{T}:8:3: haproxy.check_command: "));
+    // Required keys that are missing: at the value that requires them.
+    has_error(text, &format!("{T}:4:15: haproxy.reload_command: required"));
+    // With the master CLI, no reload command is needed.
+    ok("haproxy:\n  master_socket_path: /run/haproxy-master.sock\n");
+    has_error(text, &format!("{T}:7:14: haproxy.socket_file_path: required"));
+}
+
+#[test]
+fn admin_and_file_output_point_at_their_key() {
+    // From the issue tracker: this admin.bind (line 11) was reported at line 6.
+    let text = "haproxy:\n  do_reloads: false\nservices:\n  web:\n    discovery: {method: static}\n    haproxy: {bind_address: 127.0.0.1, port: 8080}\nfile_output:\n  output_directory: ''\n\nadmin:\n  bind: 'localhost:9213'\n";
+    has_error(text, &format!("{T}:11:9: admin.bind: "));
+    has_error(text, &format!("{T}:8:21: file_output.output_directory: must not be empty"));
+}
+
+#[test]
+fn notices_point_at_their_key() {
+    let l = ok("services: {}\nhaproxy:\n  do_reloads: false\n  server_order_seed: 7\n  max_server_id: 9\n");
+    let shown: Vec<_> = l.notices.iter().map(|n| n.to_string()).collect();
+    assert!(shown.iter().any(|n| n.starts_with(&format!("{T}:4: haproxy.server_order_seed: "))), "{shown:?}");
+    assert!(shown.iter().any(|n| n.starts_with(&format!("{T}:5: haproxy.max_server_id: "))), "{shown:?}");
+}
+
+#[test]
+fn keys_given_twice_are_errors_at_the_second() {
+    has_error(
+        "haproxy: {do_reloads: false}\nservices:\n  web:\n    discovery: {method: static}\n  web:\n    discovery: {method: static}\n",
+        &format!("{T}:5:3: services.web: this key is given twice in the same mapping (first on line 3)"),
+    );
+    has_error(
+        "haproxy:\n  do_reloads: false\n  extra_sections:\n    'listen a':\n      - mode http\n    'listen a': [mode tcp]\n",
+        &format!("{T}:6:5: haproxy.extra_sections.listen a: this key is given twice"),
+    );
+    has_error("haproxy:\n  do_reloads: false\n  do_reloads: true\n", &format!("{T}:3:3: haproxy.do_reloads: this key is given twice"));
+    // JSON too.
+    has_error("{\"haproxy\": {\"do_reloads\": false},\n \"haproxy\": {}}\n", &format!("{T}:2:2: haproxy: this key is given twice"));
+}
+
+#[test]
+fn two_frontends_on_the_same_address_and_port_are_an_error_at_the_second() {
+    let svc = |name: &str, bind: &str, port: u16| format!("  {name}:\n    discovery: {{method: static}}\n    haproxy: {{bind_address: '{bind}', port: {port}}}\n");
+    let cfg = |services: &[String]| format!("{MIN}services:\n{}", services.concat());
+    // Services are read in name order; "second" is the file's order.
+    has_error(
+        &cfg(&[svc("zeta", "127.0.0.1", 8080), svc("alpha", "127.0.0.1", 8080)]),
+        &format!("{T}:9:48: services.alpha.haproxy.port: `127.0.0.1:8080` overlaps `127.0.0.1:8080`, the frontend of service `zeta`"),
+    );
+    has_error(&cfg(&[svc("a", "127.0.0.1", 8080), svc("b", "*", 8080)]), &format!("{T}:9:40: services.b.haproxy.port: `:8080` overlaps"));
+    has_error(&cfg(&[svc("a", "0.0.0.0", 8080), svc("b", "::1", 8080)]), &format!("{T}:9:42: services.b.haproxy.port: "));
+    ok(&cfg(&[svc("a", "127.0.0.1", 8080), svc("b", "127.0.0.2", 8080), svc("c", "*", 8081)]));
+}
+
+#[test]
+fn service_conf_dir_errors_point_into_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("svc")).unwrap();
+    std::fs::write(dir.path().join("svc/api.yaml"), "discovery: {method: static}\nhaproxy:\n  port: 8080\ndefault_servers:\n  - {host: 127.0.0.1, port: 81, weight: 300}\n").unwrap();
+    std::fs::write(dir.path().join("svc/web.json"), "{\"discovery\": {\"method\": \"static\"},\n \"haproxy\": {\"port\": 0}}\n").unwrap();
+    let main = dir.path().join("myelin.yaml");
+    std::fs::write(&main, "service_conf_dir: svc\nhaproxy: {do_reloads: false}\nservices:\n  other:\n    discovery: {method: static}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    let api = dir.path().join("svc/api.yaml");
+    let web = dir.path().join("svc/web.json");
+    assert!(shown.iter().any(|e| e.starts_with(&format!("{}:5:41: services.api.default_servers[0].weight: ", api.display()))), "{shown:?}");
+    assert!(shown.iter().any(|e| e.starts_with(&format!("{}:2:22: services.web.haproxy.port: ", web.display()))), "{shown:?}");
+
+    std::fs::write(dir.path().join("svc/api.yaml"), "discovery: {method: static}\ndiscovery: {method: static}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert_eq!(shown, [format!("{}:2:1: services.api.discovery: this key is given twice in the same mapping (first on line 1); give it once", api.display())]);
+}
+
+#[test]
+fn files_are_read_through_a_size_bound() {
+    let started = std::time::Instant::now();
+    let e = load(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].to_string(), "/dev/zero: larger than 16 MiB: not a configuration file");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big).unwrap().set_len(crate::load::MAX_FILE_BYTES + 1).unwrap();
+    assert!(load(&big).unwrap_err()[0].message.contains("larger than 16 MiB"));
+    std::fs::create_dir(dir.path().join("svc")).unwrap();
+    std::fs::File::create(dir.path().join("svc/huge.yaml")).unwrap().set_len(crate::load::MAX_FILE_BYTES + 1).unwrap();
+    let main = dir.path().join("myelin.yaml");
+    std::fs::write(&main, "service_conf_dir: svc\nhaproxy: {do_reloads: false}\n").unwrap();
+    let e = load(&main).unwrap_err();
+    assert!(e[0].to_string().contains("huge.yaml: larger than 16 MiB"), "{}", e[0]);
+
+    std::fs::write(&big, b"haproxy: {do_reloads: false}\n# \xff\n").unwrap();
+    assert!(load(&big).unwrap_err()[0].message.contains("not UTF-8"));
+}
+
+#[test]
+fn the_number_of_errors_is_capped() {
+    let services: String = (0..30).map(|i| format!("  s{i}:\n    discovery: {{method: static}}\n    haproxy: {{port: 0}}\n")).collect();
+    let e = errors(&format!("{MIN}services:\n{services}"));
+    assert_eq!(e.len(), crate::load::MAX_ERRORS + 1);
+    assert_eq!(e.last().unwrap(), &format!("{T}: and 10 more errors"));
+}
+
+#[test]
+fn statsd_numbers_are_checked() {
+    has_error("statsd:\n  port: 70000\n", &format!("{T}:2:9: statsd.port: "));
+    has_error("statsd:\n  sample_rate: {'a.b': .nan}\n", &format!("{T}:2:24: statsd.sample_rate.a.b: must be a fraction"));
+    ok("statsd: {port: 8125, sample_rate: {a: 0.5}}\n");
+}
+
+/// Every key that holds a number, by its path in [`numbers_config`].
+const NUMERIC_KEYS: &[&str] = &[
+    "haproxy.restart_interval",
+    "haproxy.restart_jitter",
+    "haproxy.state_file_ttl",
+    "haproxy.server_order_seed",
+    "haproxy.max_server_id",
+    "haproxy.drain_timeout",
+    "haproxy.verify_interval",
+    "services.web.haproxy.port",
+    "services.web.haproxy.server_port_override",
+    "services.web.backend_port_override",
+    "services.web.default_servers[0].port",
+    "services.web.default_servers[0].weight",
+    "services.web.discovery.container_port",
+    "services.web.discovery.check_interval",
+    "services.web.discovery.servers[0].port",
+    "services.zk.discovery.discovery_jitter",
+    "services.etcd.discovery.port",
+    "statsd.port",
+    "statsd.sample_rate.x",
+    "admin.bind",
+];
+
+/// A config with every numeric key set to a valid value, except `key`, set to `value`.
+fn numbers_config(key: &str, value: &str) -> String {
+    let v = |k: &str, good: &str| if k == key { value.to_owned() } else { good.to_owned() };
+    format!(
+        "haproxy:
+  do_reloads: false
+  socket_file_path: /run/myelin-test.sock
+  restart_interval: {}
+  restart_jitter: {}
+  state_file_ttl: {}
+  server_order_seed: {}
+  max_server_id: {}
+  drain_timeout: {}
+  verify_interval: {}
+services:
+  web:
+    haproxy:
+      port: {}
+      server_port_override: {}
+    backend_port_override: {}
+    default_servers:
+      - host: 127.0.0.1
+        port: {}
+        weight: {}
+    discovery:
+      method: docker
+      container_port: {}
+      check_interval: {}
+      servers:
+        - name: h1
+          host: 192.0.2.1
+          port: {}
+  zk:
+    discovery:
+      method: zookeeper
+      hosts: [zk1]
+      path: /s
+      discovery_jitter: {}
+  etcd:
+    discovery:
+      method: etcd
+      host: etcd1
+      path: /s
+      port: {}
+statsd:
+  port: {}
+  sample_rate:
+    x: {}
+admin:
+  bind: {}
+",
+        v("haproxy.restart_interval", "2"),
+        v("haproxy.restart_jitter", "0.5"),
+        v("haproxy.state_file_ttl", "60"),
+        v("haproxy.server_order_seed", "1"),
+        v("haproxy.max_server_id", "10"),
+        v("haproxy.drain_timeout", "30"),
+        v("haproxy.verify_interval", "30"),
+        v("services.web.haproxy.port", "8080"),
+        v("services.web.haproxy.server_port_override", "81"),
+        v("services.web.backend_port_override", "82"),
+        v("services.web.default_servers[0].port", "80"),
+        v("services.web.default_servers[0].weight", "10"),
+        v("services.web.discovery.container_port", "8000"),
+        v("services.web.discovery.check_interval", "5"),
+        v("services.web.discovery.servers[0].port", "2375"),
+        v("services.zk.discovery.discovery_jitter", "1"),
+        v("services.etcd.discovery.port", "2379"),
+        v("statsd.port", "8125"),
+        v("statsd.sample_rate.x", "0.5"),
+        v("admin.bind", "9213"),
+    )
+}
+
+/// Any YAML scalar, or a small collection of them.
+fn yaml_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let scalar = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i128>().prop_map(|n| n.to_string()),
+        "-?[0-9]{19,60}",
+        any::<f64>().prop_map(|f| format!("{f:e}")),
+        any::<f64>().prop_map(|f| format!("{f:?}")),
+        (0u32..70000).prop_map(|n| format!("{n}.0")),
+        (-2.0f64..2.0).prop_map(|f| f.to_string()),
+        prop::sample::select(vec![
+            ".nan", ".NaN", ".inf", "-.inf", "+.inf", ".Inf", "1e308", "-1e308", "1e309", "-0.0", "0.0", "0", "-0", "-1", "65535", "65536",
+            "4294967296", "18446744073709551615", "18446744073709551616", "0x1F", "0o17", "1_000", "5e-324", "3.6e3", "'8080'", "' 80 '",
+            "'1e400'", "'.nan'", "'-1'", "true", "false", "yes", "no", "null", "~", "''", "\"\"", "'127.0.0.1:80'", "'[::1]:0'", "[]", "{}",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z0-9.:+-]{1,12}",
+        "[ -~]{0,16}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+    ];
+    scalar.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(", "))),
+            prop::collection::vec(inner, 0..3).prop_map(|v| format!("{{{}}}", v.iter().enumerate().map(|(i, x)| format!("k{i}: {x}")).collect::<Vec<_>>().join(", "))),
+        ]
+    })
+}
+
+#[test]
+fn the_numbers_config_loads_with_valid_values() {
+    let l = ok(&numbers_config("", ""));
+    assert_eq!(l.haproxy.restart_jitter, 0.5);
+    let e = errors(&numbers_config("services.web.default_servers[0].weight", ".nan"));
+    assert!(e[0].starts_with(&format!("{T}:20:17: services.web.default_servers[0].weight: ")), "{e:?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+
+    /// No value in any numeric key makes loading panic: it loads, or it is a config error with
+    /// a position. What loads opens its sources' partitions without panicking too.
+    #[test]
+    fn any_scalar_in_any_numeric_key_is_a_value_or_an_error(key in proptest::sample::select(NUMERIC_KEYS), value in yaml_value()) {
+        let text = numbers_config(key, &value);
+        match load_str(Path::new("/etc/myelin/test.yaml"), &text) {
+            Ok(l) => {
+                for (name, svc) in &l.services {
+                    let _ = svc.discovery.source().partitions(&l.source_context(name));
+                }
+            }
+            Err(errors) => {
+                // Only `key` can be wrong: each error is about it, on its line (when the
+                // position parser reads the text: see `FileIndex::is_empty`).
+                let line = numbers_config(key, "@@").lines().position(|l| l.contains("@@")).map(|i| i + 1);
+                let indexed = !crate::position::FileIndex::build(Path::new("t"), crate::position::KeyPath::root(), &text).0.is_empty();
+                proptest::prop_assert!(!errors.is_empty());
+                for e in &errors {
+                    proptest::prop_assert!(e.line.is_some(), "{} ({} = {})", e, key, value);
+                    if indexed {
+                        proptest::prop_assert_eq!(e.line, line, "{} ({} = {})", e, key, value);
+                    }
+                    proptest::prop_assert!(e.path.starts_with(key) || key.starts_with(&e.path), "{} ({} = {})", e, key, value);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    // serde_yaml_ng (libyaml) takes quadratic time on deep flow nesting (12 s at 20,000 levels
+    // in a debug build): the index refuses it first.
+    for depth in [70, 300, 1_000_000] {
+        let text = format!("services: {}1{}\n", "[".repeat(depth), "]".repeat(depth));
+        let started = std::time::Instant::now();
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("nested more than 64 levels deep"), "{e:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "{depth}: {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn a_syntax_error_inside_discovery_has_no_unknown_key() {
+    let e = errors(&numbers_config("services.web.discovery.container_port", "0:"));
+    assert!(e[0].starts_with(&format!("{T}:23:")) && e[0].contains(": services.web.discovery: "), "{e:?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+    /// Any text made of YAML's punctuation and a few keys loads or is an error, never a panic.
+    #[test]
+    fn any_text_loads_or_is_an_error(text in "(services|haproxy|web|port|discovery|method|static|[-?:,\\[\\]{}&*!|>'\" #a1\n.]){0,60}") {
+        let _ = load_str(Path::new("/etc/myelin/test.yaml"), &text);
+    }
+}
+
+#[test]
+fn consul_discovery_keys_aliases_and_checks() {
+    let l = ok(&format!(
+        "services:
+  web:
+    discovery: {{method: consul, tag: v2, dc: eu1, only_passing: false, token: s3cret, stale: true, max_stale: 5, tagged_address: wan}}
+    haproxy: {{port: 8080}}
+{MIN}"
+    ));
+    let name = myelin_core::ServiceName::parse("web").unwrap();
+    let d = &l.services[&name].discovery;
+    assert!(d.supported() && d.method() == "consul");
+    let Discovery::Consul(c) = d else { panic!() };
+    assert_eq!((c.selection().tags, c.datacenter.as_deref()), (vec!["v2".to_owned()], Some("eu1")));
+    assert!(!format!("{l:?}").contains("s3cret"));
+    let e = err(&format!("services:\n  web:\n    discovery: {{method: consul, servce: web}}\n{MIN}"));
+    assert!(e.contains("servce") && e.contains("service"), "{e}");
+    let e = err(&format!("services:\n  web:\n    discovery: {{method: consul, wait: 0.5, max_stale: 1}}\n{MIN}"));
+    assert!(e.contains("services.web.discovery.wait") && e.contains("services.web.discovery.max_stale"), "{e}");
+}

@@ -23,7 +23,12 @@ impl std::error::Error for ConfigInvalid {}
 
 /// Load a config, printing each error on stderr; warn about every notice.
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
-    match myelin_config::load(path) {
+    load_with(path, None)
+}
+
+/// As [`load`], with the services `consul_services` makes of the tagged Consul services.
+pub fn load_with(path: &Path, catalog: Option<&myelin_watch_consul::catalog::Catalog>) -> anyhow::Result<Loaded> {
+    match myelin_config::load_with(path, catalog) {
         Ok(l) => {
             for n in &l.notices {
                 warn!("{n}");

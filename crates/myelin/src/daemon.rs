@@ -13,6 +13,8 @@ use myelin_haproxy::Driver;
 use myelin_watch::{Event, EventKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use myelin_watch_consul::catalog::Catalog;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -45,6 +47,10 @@ struct Daemon {
     state_due: Option<Instant>,
     /// Status, metrics, systemd notifications and file_output.
     obs: Observer,
+    /// `consul_services`: the last set of tagged Consul services, and the task following them.
+    catalog: Option<Catalog>,
+    catalog_task: Option<JoinHandle<()>>,
+    catalog_tx: mpsc::Sender<Catalog>,
 }
 
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -53,6 +59,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let (tx, rx) = mpsc::channel(1024);
+    let (catalog_tx, mut catalog_rx) = mpsc::channel(16);
     let obs = Observer::start(&loaded)?;
     let mut d = Daemon {
         path: path.to_path_buf(),
@@ -69,7 +76,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         state_written: None,
         state_due: None,
         obs,
+        catalog: None,
+        catalog_task: None,
+        catalog_tx,
     };
+    d.follow_catalog();
     d.seed_from_haproxy_cfg();
     d.seed_from_state_file();
     let services: Vec<_> = d.loaded.services.keys().cloned().collect();
@@ -98,6 +109,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                     d.handle(ev);
                 }
             }
+            Some(catalog) = catalog_rx.recv() => d.catalog_changed(catalog),
             _ = sleep_until(wake), if wake.is_some() => d.apply().await,
             _ = sleep_until(tick), if tick.is_some() => {
                 let report = d.driver.tick().await;
@@ -113,6 +125,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     d.obs.stopping();
     d.watchers.stop_all();
+    if let Some(t) = d.catalog_task.take() {
+        t.abort();
+    }
     d.driver.flush().await;
     if d.state_due.is_some() {
         d.write_state_file();
@@ -127,8 +142,10 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Daemon {
+    /// Every source synced, and with `consul_services` the tagged services are known (so a
+    /// restart does not drop their frontends for a moment).
     fn all_synced(&self) -> bool {
-        self.watchers.with_sources().all(|name| self.store.is_synced(name))
+        self.watchers.with_sources().all(|name| self.store.is_synced(name)) && (self.loaded.consul_services.is_none() || self.catalog.is_some())
     }
 
     /// When to apply next: at start-up once every source synced (or the start-up timeout
@@ -241,7 +258,7 @@ impl Daemon {
     fn reload_config(&mut self) {
         info!(config = %self.path.display(), "SIGHUP: reloading the configuration.");
         self.obs.config_reloading();
-        let new = match commands::load(&self.path) {
+        let new = match commands::load_with(&self.path, self.catalog.as_ref()) {
             Ok(n) => n,
             Err(e) => {
                 error!("The new configuration is invalid; keeping the running one:\n{e:#}");
@@ -249,6 +266,44 @@ impl Daemon {
                 return;
             }
         };
+        let (added, removed, restarted) = self.swap(new);
+        self.obs.config_reloaded(Ok(()));
+        info!(added, removed, restarted, "Configuration reloaded.");
+    }
+
+    /// `consul_services`: start, restart or stop the task following the tagged services as
+    /// the configuration says.
+    fn follow_catalog(&mut self) {
+        if let Some(t) = self.catalog_task.take() {
+            t.abort();
+        }
+        match &self.loaded.consul_services {
+            Some(t) => self.catalog_task = Some(crate::watchers::watch_catalog(t, self.catalog_tx.clone())),
+            None => self.catalog = None,
+        }
+    }
+
+    /// The tagged Consul services changed: the configuration is loaded again with them (a
+    /// configuration file that is now invalid keeps the running one).
+    fn catalog_changed(&mut self, catalog: Catalog) {
+        if self.catalog.as_ref() == Some(&catalog) {
+            return;
+        }
+        info!(tagged = catalog.len(), "The tagged Consul services changed.");
+        self.catalog = Some(catalog);
+        match commands::load_with(&self.path, self.catalog.as_ref()) {
+            Ok(new) => {
+                let (added, removed, restarted) = self.swap(new);
+                info!(added, removed, restarted, "Services follow the tagged Consul services.");
+            }
+            Err(e) => error!("The configuration is invalid; keeping the running one:\n{e:#}"),
+        }
+    }
+
+    /// Replace the running configuration with `new` (valid): watchers whose discovery did not
+    /// change keep running. (added, removed, restarted) services.
+    fn swap(&mut self, new: Loaded) -> (usize, usize, usize) {
+        let follow = new.consul_services != self.loaded.consul_services;
         let old_services: BTreeSet<_> = self.loaded.services.keys().cloned().collect();
         let stale = self.watchers.changed_in(&new);
         for name in &stale {
@@ -275,7 +330,9 @@ impl Daemon {
         }
         self.changed = Scope::All;
         self.obs.configure(&self.loaded, &restarted);
-        self.obs.config_reloaded(Ok(()));
-        info!(added = added.len(), removed, restarted = restarted.len(), "Configuration reloaded.");
+        if follow {
+            self.follow_catalog();
+        }
+        (added.len(), removed, restarted.len())
     }
 }

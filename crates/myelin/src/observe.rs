@@ -255,6 +255,10 @@ impl Observer {
             self.metrics.rejected(service.as_str(), 1);
         } else {
             self.metrics.watcher_error(service.as_str());
+            // It delivered a set before, but is blind now: not shown as synced meanwhile.
+            if t.watcher == WatcherState::Synced {
+                t.watcher = WatcherState::Failing;
+            }
         }
         t.last_error = Some(e.report());
         self.publish();
@@ -263,7 +267,7 @@ impl Observer {
     pub fn disconnected(&mut self, service: &ServiceName) {
         let Some(t) = self.services.get_mut(service) else { return };
         t.stale = true;
-        t.watcher = if t.watcher == WatcherState::Synced { WatcherState::Disconnected } else { t.watcher };
+        t.watcher = if matches!(t.watcher, WatcherState::Synced | WatcherState::Failing) { WatcherState::Disconnected } else { t.watcher };
         t.reconnects += 1;
         self.metrics.watcher_reconnect(service.as_str());
         self.publish();

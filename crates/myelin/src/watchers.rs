@@ -9,6 +9,8 @@ use myelin_watch::Event;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use myelin_watch_consul::catalog::Catalog;
+
 struct Watcher {
     discovery: Discovery,
     generation: u64,
@@ -74,6 +76,32 @@ impl Watchers {
     pub fn with_sources(&self) -> impl Iterator<Item = &ServiceName> {
         self.running.iter().filter(|(_, w)| !w.tasks.is_empty()).map(|(n, _)| n)
     }
+}
+
+/// `consul_services`: a task following the tagged Consul services. Each new set is sent on
+/// `tx`; a fault is logged (once while it lasts) and the catalog reopened with the supervisor's
+/// backoff, the services found so far staying as they are.
+pub fn watch_catalog(t: &myelin_config::ConsulServicesConfig, tx: mpsc::Sender<Catalog>) -> JoinHandle<()> {
+    let source = myelin_watch_consul::CatalogSource::new(t.discovery.clone(), t.tag.clone());
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut delays = myelin_watch::backoff();
+        loop {
+            let mut stream = source.open();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(catalog) => {
+                        delays = myelin_watch::backoff();
+                        if tx.send(catalog).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("{}; the services found so far stay.", e.report()),
+                }
+            }
+            tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(30))).await;
+        }
+    })
 }
 
 #[cfg(test)]

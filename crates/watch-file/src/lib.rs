@@ -1,6 +1,13 @@
 //! `method: file`: a YAML or JSON file listing backends, watched for changes.
+//!
+//! All the file sources of a process share one `notify` watcher ([`hub`]); each follows the
+//! names on the way to its file, symlinks included ([`resolve`]), and reads its file only when
+//! one of them changed ([`source`]).
 #![forbid(unsafe_code)]
 
+mod hub;
+mod parse;
+mod resolve;
 mod source;
 
 use std::path::PathBuf;
@@ -9,7 +16,8 @@ use std::time::Duration;
 use myelin_source::{Context, LabelFilter, Partition, SettingsProblem, SourceConfig};
 use serde::Deserialize;
 
-pub use source::{file_source, parse_backends};
+pub use parse::{parse_backends, Parsed};
+pub use source::file_source;
 
 /// How long the file must stay quiet after a change before it is read.
 pub const QUIET: Duration = Duration::from_millis(25);

@@ -1,116 +1,54 @@
-//! The `file` source: a YAML or JSON file listing backends, watched with `notify`.
+//! The `file` source: a YAML or JSON file listing backends, watched through the process's one
+//! `notify` watcher (see [`crate::hub`]).
 //!
-//! The file's directory is watched rather than the file, so editors and tools that replace the
-//! file (write a temporary, rename it over) are followed, and so is a file that is deleted and
-//! created again. Events are coalesced over a quiet period (capped, so a file that changes
-//! non-stop is still read). An unreadable or malformed file is reported and the previous
-//! backends stay; a malformed entry is reported and the others are used.
+//! Every name on the way to the file is watched in its directory, symlinks followed (see
+//! [`crate::resolve`]): editors and tools that replace the file (write a temporary, rename it
+//! over), a symlink re-pointed (Kubernetes ConfigMaps, deploy tools), a file or its directory
+//! deleted and created again are all seen. Wakes are coalesced over a quiet period (capped, so
+//! a file that changes non-stop is still read); the file is read only when a name on its way
+//! changed, never because it was read.
+//!
+//! What a source says:
+//! - the file's backends, as a `Reset`, at the first read and whenever its bytes change;
+//! - a malformed file: one error, the previous backends stay; a malformed entry: one error,
+//!   the others are used;
+//! - the file missing (or a directory on its way): one error, then it waits for the file; no
+//!   `Reset` is given while it cannot see its file, so a source that starts blind never syncs;
+//! - a file that cannot be read for another reason (too many open files, permissions) or a
+//!   path that cannot be watched (inotify limits): one error, and the stream ends, so the
+//!   supervisor opens it again with backoff, and the new opening reads again.
 
 use std::collections::VecDeque;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::stream;
-use myelin_source::{Cause, Discovered, SourceError, Update, UpdateStream};
-use notify::{RecursiveMode, Watcher};
-use serde_yaml_ng::Value;
-use tokio::sync::mpsc;
+use myelin_source::{Cause, SourceError, Update, UpdateStream};
 
-const FIELDS: &[&str] = &["name", "host", "port", "weight", "labels"];
+use crate::hub::{hub, Subscription, WatchError};
+use crate::parse::parse_backends;
+use crate::resolve::{resolve, Seen};
 
-/// Parse a backends file: a list of `{name, host, port, weight, labels}`, or a mapping with
-/// such a list under `backends`. Returns the entries that parsed, and the index and reason of
-/// each that did not. Values are not validated here (the store does that).
-pub fn parse_backends(text: &str) -> Result<(Vec<Discovered>, Vec<(usize, String)>), String> {
-    if text.trim().is_empty() {
-        return Ok((vec![], vec![]));
-    }
-    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-    let list = match doc {
-        Value::Sequence(s) => s,
-        Value::Mapping(mut m) => match m.remove("backends") {
-            Some(Value::Sequence(s)) if m.is_empty() => s,
-            Some(Value::Null) if m.is_empty() => vec![],
-            _ => return Err("expected a list of backends, or a mapping with only a `backends` list".into()),
-        },
-        Value::Null => vec![],
-        _ => return Err("expected a list of backends".into()),
-    };
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for (i, entry) in list.into_iter().enumerate() {
-        match entry_of(entry) {
-            Ok(d) => ok.push(d),
-            Err(reason) => bad.push((i, reason)),
-        }
-    }
-    Ok((ok, bad))
-}
+/// How many times the path is walked again when it changes while its watches are placed.
+const SETTLE_TRIES: usize = 10;
 
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn entry_of(v: Value) -> Result<Discovered, String> {
-    let Value::Mapping(m) = v else { return Err("not a mapping".into()) };
-    let mut d = Discovered::default();
-    let mut have_host = false;
-    let mut have_port = false;
-    for (k, v) in m {
-        let key = scalar(&k).ok_or("a key is not a string")?;
-        let text = || scalar(&v).ok_or_else(|| format!("`{key}` must be a single value"));
-        match key.as_str() {
-            "name" => d.name = Some(text()?),
-            "host" => {
-                d.host = text()?;
-                have_host = true;
-            }
-            "port" => {
-                d.port = text()?;
-                have_port = true;
-            }
-            "weight" => d.weight = Some(text()?),
-            "labels" => {
-                let Value::Mapping(labels) = v else { return Err("`labels` must be a mapping".into()) };
-                for (lk, lv) in labels {
-                    let (Some(lk), Some(lv)) = (scalar(&lk), scalar(&lv)) else {
-                        return Err("label keys and values must be single values".into());
-                    };
-                    d.labels.insert(lk, lv);
-                }
-            }
-            other => return Err(format!("unknown field `{other}` (expected one of {})", FIELDS.join(", "))),
-        }
-    }
-    if !have_host || !have_port {
-        return Err("`host` and `port` are required".into());
-    }
-    Ok(d)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
-    std::fs::read(path).map_err(|e| SourceError::failed_with(path.display().to_string(), "cannot read", e))
-}
+/// Read a file (a seam for tests that need a read to fail).
+pub(crate) type Reader = fn(&Path) -> io::Result<Vec<u8>>;
 
 fn malformed(path: String, reason: impl std::fmt::Display) -> SourceError {
     SourceError::Failed { origin: path, what: "is malformed".into(), cause: Some(Cause::msg(reason)) }
 }
 
-fn updates_of(path: &Path, bytes: &[u8]) -> Vec<Result<Update, SourceError>> {
-    let p = path.display().to_string();
+fn updates_of(origin: &str, bytes: &[u8]) -> Vec<Result<Update, SourceError>> {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
-        Err(_) => return vec![Err(malformed(p, "not UTF-8"))],
+        Err(_) => return vec![Err(malformed(origin.to_owned(), "not UTF-8"))],
     };
     match parse_backends(text) {
-        Err(reason) => vec![Err(malformed(p, reason))],
+        Err(reason) => vec![Err(malformed(origin.to_owned(), reason))],
         Ok((ok, bad)) => {
-            let mut out: Vec<_> = bad.into_iter().map(|(index, reason)| Err(SourceError::entry(p.clone(), format!("entry {index}"), reason))).collect();
+            let mut out: Vec<_> = bad.into_iter().map(|(index, reason)| Err(SourceError::entry(origin.to_owned(), format!("entry {index}"), reason))).collect();
             out.push(Ok(Update::Reset(ok)));
             out
         }
@@ -119,74 +57,114 @@ fn updates_of(path: &Path, bytes: &[u8]) -> Vec<Result<Update, SourceError>> {
 
 struct State {
     path: PathBuf,
+    /// The path as configured, for messages.
+    origin: String,
     quiet: Duration,
-    // Kept alive for as long as the stream is.
-    _watcher: notify::RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<()>,
+    read: Reader,
+    sub: Subscription,
+    /// The bytes last read; `None` before the first read and while the file cannot be seen
+    /// (so the file coming back is always announced with a `Reset`).
     last: Option<Vec<u8>>,
+    /// The file is known to be missing (already reported).
+    blind: bool,
     queue: VecDeque<Result<Update, SourceError>>,
+    /// End the stream once the queue is empty.
+    end: bool,
 }
 
 impl State {
-    /// Read the file and queue what it says, unless it has not changed since the last read.
-    fn read_into_queue(&mut self) {
-        match read(&self.path) {
+    /// Walk the path and bring the watches in line with it, until the two agree (a change in
+    /// between is caught by walking again after the watches are placed).
+    fn look(&mut self) -> Result<Seen, SourceError> {
+        let mut r = resolve(&self.path);
+        for _ in 0..SETTLE_TRIES {
+            let complete = self.sub.set(&r.interests).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
+            let again = resolve(&self.path);
+            if complete && again.interests == r.interests {
+                return again.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
+            }
+            r = again;
+        }
+        Err(SourceError::failed(self.origin.clone(), "keeps changing while it is being watched"))
+    }
+
+    fn missing(&mut self, what: &Path) {
+        self.last = None;
+        if !self.blind {
+            self.blind = true;
+            let what = if what == self.path { "does not exist".to_owned() } else { format!("does not exist ({} is missing)", what.display()) };
+            self.queue.push_back(Err(SourceError::failed(self.origin.clone(), format!("{what}; waiting for it"))));
+        }
+    }
+
+    /// Look at the file and queue what it says, unless it has not changed since the last read.
+    fn refresh(&mut self) {
+        let file = match self.look() {
+            Ok(Seen::File(f)) => f,
+            Ok(Seen::Missing(what)) => return self.missing(&what),
+            Err(e) => {
+                self.queue.push_back(Err(e));
+                self.end = true;
+                return;
+            }
+        };
+        match (self.read)(&file) {
             Ok(bytes) => {
+                self.blind = false;
                 if self.last.as_ref() != Some(&bytes) {
-                    self.queue.extend(updates_of(&self.path, &bytes));
+                    self.queue.extend(updates_of(&self.origin, &bytes));
                     self.last = Some(bytes);
                 }
             }
+            // Gone between the walk and the read: the next event says where it went.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.missing(&file),
             Err(e) => {
-                self.last = None;
-                self.queue.push_back(Err(e));
+                self.queue.push_back(Err(SourceError::failed_with(self.origin.clone(), "cannot read", e)));
+                self.end = true;
             }
         }
     }
 
-    /// Wait for a change in the directory, then for a quiet period (at most ten of them).
-    async fn wait_for_change(&mut self) -> bool {
-        if self.events.recv().await.is_none() {
-            return false;
-        }
+    /// Wait for a change, then for a quiet period (at most ten of them).
+    async fn wait_for_change(&mut self) {
+        self.sub.changed().await;
         let cap = tokio::time::Instant::now() + self.quiet * 10;
         loop {
             let deadline = (tokio::time::Instant::now() + self.quiet).min(cap);
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(())) if tokio::time::Instant::now() < cap => continue,
-                Ok(None) => return false,
-                _ => return true,
+            match tokio::time::timeout_at(deadline, self.sub.changed()).await {
+                Ok(()) if tokio::time::Instant::now() < cap => continue,
+                _ => return,
             }
         }
     }
 }
 
-/// Watch `path` and yield its backends: a `Reset` now and after each change.
+fn std_read(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+/// Watch `path` and yield its backends: a `Reset` at the first read and after each change.
+/// Nothing is read or watched until the stream is polled.
 pub fn file_source(path: PathBuf, quiet: Duration) -> UpdateStream {
-    let (tx, events) = mpsc::unbounded_channel();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = tx.send(());
-    })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-    let watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            let err = SourceError::failed_with(dir.display().to_string(), "cannot watch", e);
-            return Box::pin(stream::once(async move { Err(err) }));
+    file_source_with(path, quiet, std_read)
+}
+
+pub(crate) fn file_source_with(path: PathBuf, quiet: Duration, read: Reader) -> UpdateStream {
+    let origin = path.display().to_string();
+    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, blind: false, queue: VecDeque::new(), end: false };
+    Box::pin(stream::unfold((state, true), |(mut st, first)| async move {
+        if first {
+            st.refresh();
         }
-    };
-    let mut state = State { path, quiet, _watcher: watcher, events, last: None, queue: VecDeque::new() };
-    state.read_into_queue();
-    Box::pin(stream::unfold(state, |mut st| async move {
         loop {
             if let Some(item) = st.queue.pop_front() {
-                return Some((item, st));
+                return Some((item, (st, false)));
             }
-            if !st.wait_for_change().await {
+            if st.end {
                 return None;
             }
-            st.read_into_queue();
+            st.wait_for_change().await;
+            st.refresh();
         }
     }))
 }
@@ -195,70 +173,258 @@ pub fn file_source(path: PathBuf, quiet: Duration) -> UpdateStream {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
-    #[test]
-    fn parses_lists_and_reports_bad_entries() {
-        let (ok, bad) = parse_backends(
-            "- {name: a, host: 127.0.0.1, port: 80, weight: 5, labels: {az: a}}\n- {host: 127.0.0.2, port: '81'}\n- {host: x, prot: 1}\n- {host: [1]}\n- 7\n",
-        )
-        .unwrap();
-        assert_eq!(ok.len(), 2);
-        assert_eq!(ok[0].weight.as_deref(), Some("5"));
-        assert_eq!(ok[0].labels["az"], "a");
-        assert_eq!(ok[1].port, "81");
-        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), [2, 3, 4]);
-        assert!(bad[0].1.contains("unknown field `prot`"));
-        let (ok, _) = parse_backends("{\"backends\": [{\"host\": \"127.0.0.1\", \"port\": 1}]}").unwrap();
-        assert_eq!(ok.len(), 1);
-        assert!(parse_backends("{foo: 1}").is_err());
-        assert!(parse_backends("[unclosed").is_err());
-        assert_eq!(parse_backends("").unwrap().0.len(), 0);
-    }
+    const QUIET: Duration = Duration::from_millis(20);
 
     async fn next(s: &mut UpdateStream) -> Result<Update, SourceError> {
         tokio::time::timeout(Duration::from_secs(5), s.next()).await.expect("an update within 5 s").expect("stream open")
     }
 
-    fn reset_len(u: Result<Update, SourceError>) -> usize {
+    /// Nothing comes for `d`.
+    async fn silent(s: &mut UpdateStream, d: Duration) {
+        if let Ok(item) = tokio::time::timeout(d, s.next()).await {
+            panic!("expected nothing, got {item:?}");
+        }
+    }
+
+    fn ports(u: Result<Update, SourceError>) -> Vec<String> {
         match u {
-            Ok(Update::Reset(v)) => v.len(),
+            Ok(Update::Reset(v)) => v.into_iter().map(|d| d.port).collect(),
             other => panic!("expected a reset, got {other:?}"),
         }
+    }
+
+    fn entries(ports: &[u16]) -> String {
+        ports.iter().map(|p| format!("- {{host: 127.0.0.1, port: {p}}}\n")).collect()
+    }
+
+    fn err_with(u: Result<Update, SourceError>, text: &str) {
+        match u {
+            Err(e) if e.report().contains(text) => {}
+            other => panic!("expected an error with {text:?}, got {other:?}"),
+        }
+    }
+
+    /// Counts the opens of `file` by anyone, with a watcher of its own.
+    fn count_opens(dir: &Path, file: PathBuf) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
+        use notify::Watcher;
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_))) && ev.paths.contains(&file) {
+                    m.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap();
+        w.watch(dir, notify::RecursiveMode::NonRecursive).unwrap();
+        (w, n)
     }
 
     #[tokio::test]
     async fn follows_edits_replacements_and_bad_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backends.yaml");
-        std::fs::write(&path, "- {host: 127.0.0.1, port: 1}\n").unwrap();
-        let mut s = file_source(path.clone(), Duration::from_millis(20));
-        assert_eq!(reset_len(next(&mut s).await), 1);
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let mut s = file_source(path.clone(), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
 
         // In-place write.
-        std::fs::write(&path, "- {host: 127.0.0.1, port: 1}\n- {host: 127.0.0.1, port: 2}\n").unwrap();
-        assert_eq!(reset_len(next(&mut s).await), 2);
+        std::fs::write(&path, entries(&[1, 2])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["1", "2"]);
 
         // Malformed: reported, nothing else.
         std::fs::write(&path, "- {host: [\n").unwrap();
-        assert!(matches!(next(&mut s).await, Err(e) if e.report().contains("is malformed")));
+        err_with(next(&mut s).await, "is malformed");
 
         // Replaced by rename, as editors do.
         let tmp = dir.path().join(".backends.yaml.swp");
-        std::fs::write(&tmp, "- {host: 127.0.0.1, port: 3}\n- {host: 127.0.0.1, port: 4}\n- {host: 127.0.0.1, port: 5}\n").unwrap();
+        std::fs::write(&tmp, entries(&[3, 4, 5])).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert_eq!(reset_len(next(&mut s).await), 3);
+        assert_eq!(ports(next(&mut s).await), ["3", "4", "5"]);
 
-        // Deleted, then created again.
+        // Deleted: said once, and the stream waits; created again: read.
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(next(&mut s).await, Err(e) if e.report().contains("backends.yaml: cannot read")));
+        err_with(next(&mut s).await, "backends.yaml: does not exist; waiting for it");
+        silent(&mut s, Duration::from_millis(200)).await;
         std::fs::write(&path, "[]").unwrap();
-        assert_eq!(reset_len(next(&mut s).await), 0);
+        assert_eq!(ports(next(&mut s).await), Vec::<String>::new());
     }
 
     #[tokio::test]
-    async fn missing_directory_ends_the_stream() {
-        let mut s = file_source(PathBuf::from("/nonexistent-myelin-dir/backends.yaml"), Duration::from_millis(20));
-        assert!(matches!(next(&mut s).await, Err(e) if e.report().contains("cannot watch")));
+    async fn reading_its_own_file_does_not_wake_a_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let (_w, opens) = count_opens(dir.path(), path.clone());
+        let mut s = file_source(path.clone(), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+        // Before: each read raised an event that caused the next read, ~40 a second.
+        silent(&mut s, Duration::from_millis(1000)).await;
+        assert_eq!(opens.load(Ordering::SeqCst), 1, "the file was read again while nothing changed");
+    }
+
+    #[tokio::test]
+    async fn files_sharing_a_directory_do_not_wake_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, entries(&[1])).unwrap();
+        std::fs::write(&b, entries(&[2])).unwrap();
+        let (_w, opens_a) = count_opens(dir.path(), a.clone());
+        let mut sa = file_source(a.clone(), QUIET);
+        let mut sb = file_source(b.clone(), QUIET);
+        assert_eq!(ports(next(&mut sa).await), ["1"]);
+        assert_eq!(ports(next(&mut sb).await), ["2"]);
+        for p in 3..8 {
+            std::fs::write(&b, entries(&[p])).unwrap();
+            assert_eq!(ports(next(&mut sb).await), [p.to_string()]);
+            std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+        }
+        silent(&mut sa, Duration::from_millis(100)).await;
+        assert_eq!(opens_a.load(Ordering::SeqCst), 1, "a.yaml was read again for changes to b.yaml");
+        // Both in one watched directory.
+        let watched = hub().watched();
+        assert_eq!(watched.iter().filter(|d| d.as_path() == dir.path()).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn follows_symlinks_swapped_as_kubernetes_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir(d.join("..2026_01")).unwrap();
+        std::fs::write(d.join("..2026_01/backends.yaml"), entries(&[1])).unwrap();
+        symlink("..2026_01", d.join("..data")).unwrap();
+        symlink("..data/backends.yaml", d.join("backends.yaml")).unwrap();
+        let mut s = file_source(d.join("backends.yaml"), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+
+        // The ConfigMap updated: a new timestamped directory, `..data` swapped by rename, the old one removed.
+        std::fs::create_dir(d.join("..2026_02")).unwrap();
+        std::fs::write(d.join("..2026_02/backends.yaml"), entries(&[2])).unwrap();
+        symlink("..2026_02", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        std::fs::remove_dir_all(d.join("..2026_01")).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["2"]);
+
+        // The target edited in place.
+        std::fs::write(d.join("..2026_02/backends.yaml"), entries(&[2, 3])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["2", "3"]);
+
+        // The link itself re-pointed at a file elsewhere, then that file edited.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("real.yaml"), entries(&[4])).unwrap();
+        symlink(other.path().join("real.yaml"), d.join("tmp-link")).unwrap();
+        std::fs::rename(d.join("tmp-link"), d.join("backends.yaml")).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["4"]);
+        std::fs::write(other.path().join("real.yaml"), entries(&[5])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["5"]);
+
+        // A dangling link: missing, until its target appears.
+        std::fs::remove_file(other.path().join("real.yaml")).unwrap();
+        err_with(next(&mut s).await, "real.yaml is missing); waiting for it");
+        std::fs::write(other.path().join("real.yaml"), entries(&[6])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["6"]);
+    }
+
+    #[tokio::test]
+    async fn recovers_when_its_directory_is_removed_and_created_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sub = tmp.path().join("conf");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let mut s = file_source(path.clone(), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+
+        std::fs::remove_dir_all(&sub).unwrap();
+        err_with(next(&mut s).await, &format!("does not exist ({} is missing); waiting for it", sub.display()));
+        std::fs::create_dir(&sub).unwrap();
+        silent(&mut s, Duration::from_millis(200)).await;
+        std::fs::write(&path, entries(&[2])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["2"]);
+        std::fs::write(&path, entries(&[3])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["3"]);
+
+        // Replaced by a directory renamed over it (same path, another directory).
+        let staged = tmp.path().join("conf.new");
+        std::fs::create_dir(&staged).unwrap();
+        std::fs::write(staged.join("backends.yaml"), entries(&[4])).unwrap();
+        std::fs::remove_dir_all(&sub).unwrap();
+        std::fs::rename(&staged, &sub).unwrap();
+        let mut got = next(&mut s).await;
+        if got.is_err() {
+            got = next(&mut s).await;
+        }
+        assert_eq!(ports(got), ["4"]);
+        std::fs::write(&path, entries(&[5])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["5"]);
+
+        // Moved away and back (the same directory again): watched again, so edits are seen.
+        std::fs::rename(&sub, tmp.path().join("conf.away")).unwrap();
+        err_with(next(&mut s).await, "waiting for it");
+        std::fs::rename(tmp.path().join("conf.away"), &sub).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["5"]);
+        std::fs::write(&path, entries(&[6])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["6"]);
+    }
+
+    #[tokio::test]
+    async fn a_file_missing_at_start_gives_no_reset_until_it_appears() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("later/backends.yaml");
+        let mut s = file_source(path.clone(), QUIET);
+        err_with(next(&mut s).await, "waiting for it");
+        silent(&mut s, Duration::from_millis(200)).await;
+        std::fs::create_dir(tmp.path().join("later")).unwrap();
+        std::fs::write(&path, entries(&[1])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fails_otherwise_ends_the_stream_and_the_reopening_reads_again() {
+        static FAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+        fn flaky(p: &Path) -> io::Result<Vec<u8>> {
+            if FAIL.load(Ordering::SeqCst) {
+                // What `open` gives when the process is out of descriptors.
+                return Err(io::Error::from_raw_os_error(24));
+            }
+            std::fs::read(p)
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let mut s = file_source_with(path.clone(), QUIET, flaky);
+        err_with(next(&mut s).await, "backends.yaml: cannot read: Too many open files");
+        assert!(tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().is_none(), "the stream must end");
+        // The supervisor's reopening (nothing changed in the file meanwhile) reads it.
+        FAIL.store(false, Ordering::SeqCst);
+        let mut s = file_source_with(path.clone(), QUIET, flaky);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+
+        // A real one: the path is a directory.
+        let mut s = file_source(tmp.path().to_path_buf(), QUIET);
+        err_with(next(&mut s).await, "cannot read");
         assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_stream_unwatches_what_nobody_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().canonicalize().unwrap();
+        std::fs::write(d.join("a.yaml"), "[]").unwrap();
+        std::fs::write(d.join("b.yaml"), "[]").unwrap();
+        let mut a = file_source(d.join("a.yaml"), QUIET);
+        let mut b = file_source(d.join("b.yaml"), QUIET);
+        next(&mut a).await.unwrap();
+        next(&mut b).await.unwrap();
+        assert!(hub().watched().contains(&d));
+        drop(a);
+        assert!(hub().watched().contains(&d));
+        drop(b);
+        assert!(!hub().watched().contains(&d));
     }
 }

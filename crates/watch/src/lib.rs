@@ -9,4 +9,4 @@
 
 mod supervisor;
 
-pub use supervisor::{first_sync, supervise, Event, EventKind};
+pub use supervisor::{backoff, first_sync, supervise, Event, EventKind};

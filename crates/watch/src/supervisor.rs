@@ -26,7 +26,8 @@ pub enum EventKind {
     Disconnected { retry_in: Duration },
 }
 
-fn backoff() -> impl Iterator<Item = Duration> {
+/// The supervisor's reopening delays: 0.25 s doubling to 30 s, with jitter.
+pub fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(30))
