@@ -38,7 +38,7 @@ test-systemd: test-deps deb
 # The engine is stopped afterwards, pass or fail.
 test: test-deps docker-engine
 	$(CARGO) build -p myelin
-	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; exit $$status
+	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; integration/zookeeper.sh stop; exit $$status
 	$(MAKE) test-deb
 	$(MAKE) test-systemd
 
@@ -48,6 +48,7 @@ bench: docker-engine
 	status=0; $(CARGO) test -p myelin-integration --test bench_apply -- --ignored --nocapture --test-threads=1 2>&1 | grep -o 'BENCH.*' || status=$$?; \
 	for n in 100 200; do integration/bench/file-sources.sh $${CARGO_TARGET_DIR:-target}/debug/myelin $$n 30 || status=$$?; done; \
 	$(CARGO) run -q -p myelin-integration --bin consul-bench || status=$$?; \
+	$(CARGO) run -q -p myelin-integration --bin zookeeper-bench || status=$$?; integration/zookeeper.sh stop; \
 	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; \
 	$(MAKE) bench-scale || status=$$?; exit $$status
 

@@ -12,6 +12,10 @@ command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificat
 # The Consul tests (integration/tests/consul*.rs): the TLS test makes a CA and certificates with
 # openssl, and HAProxy terminates TLS in front of the Consul test double.
 command -v openssl >/dev/null || need+=(openssl)
+# --- ZooKeeper tests (integration/zookeeper.sh): Debian's server, which brings a Java runtime
+# (default-jre) and slf4j-simple (its log). The `zookeeper` package starts no service.
+[ -f /usr/share/java/zookeeper.jar ] && [ -f /usr/share/java/slf4j-simple.jar ] && command -v java >/dev/null || need+=(zookeeper)
+# --- end ZooKeeper
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 pub mod bench;
 pub mod consul;
 pub mod docker;
+pub mod zookeeper;
 
 /// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.
 pub fn myelin_bin() -> PathBuf {

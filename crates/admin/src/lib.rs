@@ -18,8 +18,6 @@ pub use status::{render_table, timestamp, BackendStatus, ConfigStatus, FileOutpu
 pub enum Error {
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: SocketAddr, error: std::io::Error },
-    #[error("admin listener failed: {0}")]
-    Serve(std::io::Error),
     #[error("cannot ask {addr}: {error}")]
     Request { addr: SocketAddr, error: std::io::Error },
     #[error("unexpected answer from {addr}: {reason}")]

@@ -10,8 +10,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use std::time::Duration;
+
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::{Error, Metrics, Snapshot};
 
@@ -40,9 +42,41 @@ pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -
         .with_state(AppState { snapshot, metrics })
 }
 
-/// Serve until the task is dropped (aborted).
-pub async fn serve(listener: TcpListener, snapshot: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Result<(), Error> {
-    axum::serve(listener, router(snapshot, metrics)).await.map_err(Error::Serve)
+/// At most this many connections are served at once; more are closed as they come, so the
+/// listener can never take the file descriptors discovery and HAProxy need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client has this long to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long, whatever it is doing (no keep-alive kept longer).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serve until the task is dropped (aborted): each connection with a header-read timeout and
+/// an overall one, at most [`MAX_CONNECTIONS`] at once. Failing to accept (descriptors used
+/// up) is waited out, never a reason to stop.
+pub async fn serve(listener: TcpListener, snapshot: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) {
+    let app = router(snapshot, metrics);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!("admin listener: cannot accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Over the cap: closed at once.
+        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+        });
+    }
 }
 
 async fn health() -> &'static str {
@@ -76,6 +110,39 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || crate::client::get(addr, &path, std::time::Duration::from_secs(5)).unwrap()).await.unwrap()
+    }
+
+    /// Idle connections cannot pile up: those over the cap are closed at once, the others once
+    /// they have sent no request within the header timeout; then requests are served again.
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_timed_out() {
+        use std::io::Read;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let task = tokio::spawn(serve(listener, rx, Arc::new(Metrics::new("0.0.0"))));
+        let opened = tokio::task::spawn_blocking(move || {
+            let conns: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS + 20).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            // The connections over the cap were closed by the server: a read ends at once.
+            let closed_at_once = conns
+                .iter()
+                .filter(|c| {
+                    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    let mut b = [0u8; 1];
+                    matches!((&**c).read(&mut b), Ok(0))
+                })
+                .count();
+            (conns, closed_at_once)
+        })
+        .await
+        .unwrap();
+        assert_eq!(opened.1, 20);
+        // The idle ones are closed after the header timeout; the listener serves again.
+        tokio::time::sleep(HEADER_TIMEOUT + Duration::from_millis(500)).await;
+        assert_eq!(get(addr, "/health").await, (200, "ok\n".to_owned()));
+        drop(opened);
+        task.abort();
     }
 
     #[tokio::test]

@@ -3,12 +3,11 @@
 //! the kinds, so adding a kind is one arm here (and one in the enum), and the compiler lists
 //! what is missing. See "Adding a discovery source" in docs/architecture.md.
 
-use std::collections::BTreeMap;
-
-use myelin_source::{Context, LabelFilter, Number, Partition, Seconds, SettingsProblem, SourceConfig, StaticConfig};
+use myelin_source::{Context, LabelFilter, Number, Partition, SettingsProblem, SourceConfig, StaticConfig};
 use myelin_watch_consul::ConsulConfig;
 use myelin_watch_docker::DockerConfig;
 use myelin_watch_file::FileConfig;
+use myelin_watch_zookeeper::{ZookeeperConfig, ZookeeperPollConfig};
 use serde::Deserialize;
 
 /// `services.<name>.discovery`. Each kind is read with [`with_path`], so that an error names
@@ -25,8 +24,12 @@ pub enum Discovery {
     /// The containers of one or more Docker engines.
     #[serde(deserialize_with = "with_path")]
     Docker(DockerConfig),
+    /// Nerve or serverset registrations under a ZooKeeper path, followed with child watches.
     #[serde(deserialize_with = "with_path")]
-    Zookeeper(ZookeeperDiscovery),
+    Zookeeper(ZookeeperConfig),
+    /// The same, listed every `polling_interval_sec` (Synapse's `zookeeper_poll`).
+    #[serde(deserialize_with = "with_path")]
+    ZookeeperPoll(ZookeeperPollConfig),
     #[serde(deserialize_with = "with_path")]
     Etcd(EtcdDiscovery),
     /// The healthy instances of a Consul service (blocking queries).
@@ -64,6 +67,7 @@ impl Discovery {
             Self::File(c) => c,
             Self::Docker(c) => c,
             Self::Zookeeper(c) => c,
+            Self::ZookeeperPoll(c) => c,
             Self::Etcd(c) => c,
             Self::Consul(c) => c,
         }
@@ -106,18 +110,6 @@ macro_rules! not_supported_yet {
         }
     };
 }
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZookeeperDiscovery {
-    pub hosts: Vec<String>,
-    pub path: String,
-    pub decode: Option<BTreeMap<String, String>>,
-    pub discovery_jitter: Option<Seconds>,
-    #[serde(default)]
-    pub label_filters: Vec<LabelFilter>,
-}
-not_supported_yet!(ZookeeperDiscovery, "zookeeper");
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

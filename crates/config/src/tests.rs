@@ -39,6 +39,25 @@ fn the_tutorial_synapse_config_loads_unchanged() {
 }
 
 #[test]
+fn synapse_example_zookeeper_services_load_unchanged() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/synapse-zookeeper.json.conf");
+    let l = load(&path).unwrap_or_else(|e| panic!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
+    for (svc, zk_path) in [("service1", "/services/service1"), ("service2", "/services/service2")] {
+        let name = myelin_core::ServiceName::parse(svc).unwrap();
+        let Discovery::Zookeeper(zk) = &l.services[&name].discovery else { panic!("{svc}: not zookeeper") };
+        let s = zk.settings().unwrap();
+        assert_eq!((s.connect.as_str(), s.path.as_str()), ("localhost:2181", zk_path));
+        assert_eq!(l.services[&name].discovery.method(), "zookeeper");
+    }
+    // Synapse's other ZooKeeper form, and decode settings.
+    let l = ok("services:\n  web:\n    discovery: {method: zookeeper_poll, hosts: ['zk1:2181', 'zk2:2181/smartstack'], path: /nerve/web, polling_interval_sec: 30, decode: {method: serverset, endpoint_name: http}}\n");
+    let web = myelin_core::ServiceName::parse("web").unwrap();
+    assert!(matches!(l.services[&web].discovery, Discovery::ZookeeperPoll(_)));
+    let e = err("services:\n  web:\n    discovery: {method: zookeeper, hosts: [], path: nerve/web}\n");
+    assert!(e.contains("services.web.discovery.hosts") && e.contains("services.web.discovery.path"), "{e}");
+}
+
+#[test]
 fn unknown_keys_get_position_path_and_hint() {
     let e = err("services:\n  web:\n    discovery: {method: static}\n    haproxy:\n      prot: 80\n");
     assert!(e.starts_with("/etc/myelin/test.yaml:5:"), "{e}");

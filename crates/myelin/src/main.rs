@@ -165,6 +165,11 @@ fn print_error(text: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Many sources, connections and files at once: the soft descriptor limit (often 1024) is
+    // raised to the hard one, as servers do.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!("cannot raise the file descriptor limit: {e}");
+    }
     match &cli.command {
         Command::Configured { config } => return commands::configured(config),
         Command::Manpage => {

@@ -171,11 +171,7 @@ impl Observer {
         let listener = myelin_admin::bind(addr)?;
         let bound = listener.local_addr().unwrap_or(addr);
         let (rx, metrics) = (self.tx.subscribe(), self.metrics.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = myelin_admin::serve(listener, rx, metrics).await {
-                error!("{e}");
-            }
-        });
+        let task = tokio::spawn(myelin_admin::serve(listener, rx, metrics));
         if let Some((_, old)) = self.admin.replace((addr, task)) {
             old.abort();
         }
