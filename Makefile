@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build build-deps release deb test test-deps test-deb bench bench-scale docker-engine etcd-cluster demo demo-stop clean
+.PHONY: all build build-deps release deb test test-deps test-deb test-systemd bench bench-scale docker-engine etcd-cluster demo demo-stop clean
 
 all: build
 
@@ -30,14 +30,21 @@ deb: release
 test-deb: deb
 	packaging/test-deb.sh $(DEB_DIR)/myelin_*.deb
 
+# The package under a real systemd as PID 1: a Debian 12 system (debootstrap, cached in
+# /var/cache/myelin-test) booted with systemd-nspawn, loopback only. See docs/operations.md.
+test-systemd: test-deps deb
+	packaging/test-systemd.sh $(DEB_DIR)/myelin_*.deb
+
 # Installs what the tests need (HAProxy, Docker, ...), starts a private Docker engine, builds,
 # and runs every test: unit, property and end-to-end (the real binary against real HAProxy and
-# a real Docker engine, on 127.0.0.1), then the Debian package's install/remove/purge test.
+# a real Docker engine, on 127.0.0.1), then the Debian package's install/remove/purge test and
+# the package under a booted systemd.
 # The engine is stopped afterwards, pass or fail.
 test: test-deps docker-engine etcd-cluster
 	$(CARGO) build -p myelin
 	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; integration/etcd-cluster.sh stop; integration/zookeeper.sh stop; exit $$status
 	$(MAKE) test-deb
+	$(MAKE) test-systemd
 
 # Benchmarks: report figures (see docs/performance.md); not part of `make test`.
 bench: docker-engine etcd-cluster

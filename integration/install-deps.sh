@@ -54,3 +54,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The tests start their own HAProxy; the packaged service is not needed.
 haproxy -v | sed -n 1p   # sed reads it all: `head` could end the pipe early (SIGPIPE under pipefail)
+
+# --- test-systemd (packaging/test-systemd.sh): a Debian system booted with systemd-nspawn.
+sd_need=()
+command -v debootstrap >/dev/null || sd_need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || sd_need+=(systemd-container)
+if [ ${#sd_need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "missing: ${sd_need[*]}; run as root or install them with apt-get" >&2; exit 1; }
+  echo "installing: ${sd_need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${sd_need[@]}" >/dev/null
+fi

@@ -57,7 +57,7 @@ else
     ok "systemd-analyze verify myelin.service (only units absent here reported)"
   fi
 fi
-check "systemd-analyze sees Type=notify with a reload" bash -c 'grep -q "^Type=notify" /usr/lib/systemd/system/myelin.service && grep -q "^ExecReload=/bin/kill -HUP \$MAINPID" /usr/lib/systemd/system/myelin.service'
+check "the unit is Type=notify, its reload checks the config first" bash -c 'grep -q "^Type=notify" /usr/lib/systemd/system/myelin.service && grep -q "^ExecReload=/usr/bin/myelin check -c /etc/myelin/myelin.yaml" /usr/lib/systemd/system/myelin.service'
 
 echo "== configure, then upgrade: the user's edit stays"
 cat > /etc/myelin/web-backends.yaml <<'YAML'

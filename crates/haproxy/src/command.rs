@@ -29,7 +29,7 @@ pub async fn run_command(argv: &[String], env: &[(&str, &str)], timeout: Duratio
     };
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let text = text.trim().to_owned();
+    let text = bounded(text.trim());
     if out.status.success() {
         Ok(CommandOutput { output: text })
     } else {
@@ -37,9 +37,57 @@ pub async fn run_command(argv: &[String], env: &[(&str, &str)], timeout: Duratio
     }
 }
 
+/// At most this much of a command's output is kept (in errors, logs, the status).
+const MAX_OUTPUT_LINES: usize = 40;
+const MAX_OUTPUT_BYTES: usize = 4096;
+
+/// The first [`MAX_OUTPUT_LINES`] lines and [`MAX_OUTPUT_BYTES`] bytes of `text`, with a note
+/// of what was left out.
+fn bounded(text: &str) -> String {
+    let total = text.lines().count();
+    let mut kept = String::new();
+    let mut lines = 0;
+    for line in text.lines().take(MAX_OUTPUT_LINES) {
+        if kept.len() + line.len() + 1 > MAX_OUTPUT_BYTES {
+            let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
+            let mut end = room.min(line.len());
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            kept.push_str(&line[..end]);
+            kept.push_str(" [...]");
+            lines += 1;
+            break;
+        }
+        if lines > 0 {
+            kept.push('\n');
+        }
+        kept.push_str(line);
+        lines += 1;
+    }
+    if lines < total {
+        kept.push_str(&format!("\n[{} more lines not shown]", total - lines));
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_bounded() {
+        assert_eq!(bounded("a\nb"), "a\nb");
+        let many: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let b = bounded(many.trim());
+        assert_eq!(b.lines().count(), MAX_OUTPUT_LINES + 1);
+        assert!(b.ends_with("[60 more lines not shown]"), "{b}");
+        let wide = "é".repeat(5000);
+        let b = bounded(&wide);
+        assert!(b.len() <= MAX_OUTPUT_BYTES + 10 && b.ends_with(" [...]"), "{}", b.len());
+        let b = bounded(&format!("{wide}\nsecond"));
+        assert!(b.ends_with("[1 more lines not shown]"), "{b}");
+    }
 
     fn sh(s: &str) -> Vec<String> {
         vec!["/bin/sh".into(), "-c".into(), s.into()]

@@ -122,14 +122,28 @@ impl Writer {
         let target = self.path.to_string_lossy().into_owned();
         let argv: Vec<String> = match &self.check_command {
             Some(argv) => argv.iter().map(|a| a.replace(&target, &cand)).collect(),
-            None => vec![self.haproxy_bin.to_string_lossy().into_owned(), "-c".into(), "-q".into(), "-f".into(), cand.clone()],
+            // Not `-q`: HAProxy 2.6 then prints nothing, not even why it refuses a config.
+            None => vec![self.haproxy_bin.to_string_lossy().into_owned(), "-c".into(), "-f".into(), cand.clone()],
         };
-        let out = run_command(&argv, &[("MYELIN_CANDIDATE", &cand)], self.timeout).await?;
+        let out = run_command(&argv, &[("MYELIN_CANDIDATE", &cand)], self.timeout).await.map_err(|e| match e {
+            Error::Failed { command, status, output } => Error::Failed { command, status, output: reason(&output) },
+            other => other,
+        })?;
         if !out.output.is_empty() {
             debug!(output = %out.output, "Config check passed with output.");
         }
         Ok(())
     }
+}
+
+/// HAProxy's answer to `-c` without the notices it prints before every error (its version and
+/// path), so that the first line is the reason.
+fn reason(output: &str) -> String {
+    let kept: Vec<&str> = output
+        .lines()
+        .filter(|l| !(l.starts_with("[NOTICE]") && (l.contains("haproxy version is") || l.contains("path to executable is"))))
+        .collect();
+    kept.join("\n")
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -193,6 +207,28 @@ mod tests {
         assert!(w.install("x\n").await.is_err());
         assert_eq!(w.install_accepted("x\n").await.unwrap(), InstallOutcome::Installed);
         assert_eq!(std::fs::read_to_string(&w.path).unwrap(), "x\n");
+    }
+
+    /// HAProxy itself (when installed): a config it refuses comes back with its reason.
+    #[tokio::test]
+    async fn haproxy_reason_is_kept() {
+        if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+            eprintln!("haproxy not installed: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer { check_command: None, ..writer(dir.path(), "") };
+        let e = w.install("global\n    no-such-keyword-here\n").await.unwrap_err();
+        let Error::Rejected { output, .. } = &e else { panic!("{e}") };
+        let first = output.lines().next().unwrap_or("");
+        assert!(first.contains("unknown keyword 'no-such-keyword-here'"), "{output}");
+        assert!(!output.contains("haproxy version is"), "{output}");
+    }
+
+    #[test]
+    fn haproxy_notices_are_dropped() {
+        let out = "[NOTICE]   (1) : haproxy version is 2.6.12\n[NOTICE]   (1) : path to executable is /usr/sbin/haproxy\n[ALERT]    (1) : config : parsing [x:2] : unknown keyword 'x'";
+        assert_eq!(reason(out), "[ALERT]    (1) : config : parsing [x:2] : unknown keyword 'x'");
     }
 
     #[tokio::test]

@@ -97,6 +97,43 @@ fn stderr_is_journal() -> bool {
     }
 }
 
+/// Under the journal, every event starts with its syslog priority, as sd-daemon(3) describes
+/// (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug): journald reads the prefix, so
+/// `journalctl -p warning` shows myelin's warnings. An event is one line (the escaping writer
+/// turns line breaks inside it into `\n`), so one prefix covers it.
+struct JournalPriority<F>(F);
+
+fn priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// `text` with `<priority>` before each line (for text printed without tracing).
+fn with_priority(priority: u8, text: &str) -> String {
+    text.lines().map(|l| format!("<{priority}>{l}\n")).collect()
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MYELIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -107,9 +144,21 @@ fn init_logging(format: LogFormat) {
     // escaped, so a discovery record cannot forge lines (see logwriter).
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(logwriter::Escaping { ansi }).with_ansi(ansi);
     match format {
-        LogFormat::Auto if journal => builder.without_time().init(),
+        LogFormat::Auto if journal => {
+            let plain = tracing_subscriber::fmt::format().without_time().with_ansi(false);
+            builder.event_format(JournalPriority(plain)).init()
+        }
         LogFormat::Auto | LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// The last words before exiting with an error: at priority err under the journal.
+fn print_error(text: &str) {
+    if stderr_is_journal() {
+        eprint!("{}", with_priority(3, text));
+    } else {
+        eprintln!("{text}");
     }
 }
 
@@ -155,8 +204,60 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = if e.downcast_ref::<commands::ConfigInvalid>().is_some() { EXIT_CONFIG } else { EXIT_FAILURE };
-            eprintln!("error: {e:#}");
+            print_error(&format!("error: {e:#}"));
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Each write (tracing's fmt layer writes one event per write) kept apart.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_carry_their_priority() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || out.clone())
+            .event_format(JournalPriority(tracing_subscriber::fmt::format().without_time().with_ansi(false)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(service = "web", "refused:\nthe reason");
+            tracing::warn!("a warning");
+            tracing::info!("news");
+            tracing::debug!("detail");
+        });
+        // As the escaping writer writes it to the journal: one line per event.
+        let events = buf.0.lock().unwrap().clone();
+        let text: String = events.iter().map(|e| String::from_utf8(logwriter::escape(e, false)).unwrap()).collect();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("<3>") && lines[0].contains("ERROR") && lines[0].contains("refused:\\nthe reason"), "{text}");
+        assert!(lines[1].starts_with("<4>") && lines[1].contains("a warning"), "{text}");
+        assert!(lines[2].starts_with("<6>") && lines[2].contains("news"), "{text}");
+        assert!(lines[3].starts_with("<7>") && lines[3].contains("detail"), "{text}");
+    }
+
+    #[test]
+    fn priorities_prefix_every_line() {
+        assert_eq!(with_priority(3, "error: a\nb"), "<3>error: a\n<3>b\n");
+        assert_eq!(with_priority(4, ""), "");
     }
 }
