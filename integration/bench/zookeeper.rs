@@ -16,30 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use myelin_integration::zookeeper::{self, nerve, server_name, unique_path, Registrar};
+use myelin_integration::bench::{poll, summary};
 use myelin_integration::{get, Backend, Env};
 use myelin_source::Update;
 use myelin_watch_zookeeper::{Format, Mode, Settings, ZookeeperSource};
 
 const ROUNDS: usize = 20;
 const INSTANCES: usize = 2000;
-
-fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Instant> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if f() {
-            return Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    None
-}
-
-fn summary(name: &str, mut v: Vec<Duration>) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let median = if v.len() % 2 == 1 { ms(v[v.len() / 2]) } else { (ms(v[v.len() / 2 - 1]) + ms(v[v.len() / 2])) / 2.0 };
-    println!("{name:<48} median {median:8.1} ms   worst {:8.1} ms   best {:8.1} ms   (n={})", ms(v[v.len() - 1]), ms(v[0]), v.len());
-}
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
