@@ -358,7 +358,7 @@ fn chart(all: &[Figures]) -> String {
     for (p, (title, target_label, target, get)) in panels.iter().enumerate() {
         let ox = p as f64 * w;
         let ymax = all.iter().map(|f| get(f)).fold(*target * 1.5, f64::max);
-        let x = |b: f64| ox + pad + (b.log10() - xmin) / (xmax - xmin) * (w - pad - 15.0);
+        let x = |b: f64| ox + pad + (b.log10() - xmin) / (xmax - xmin) * (w - pad - 40.0);
         let y = |v: f64| h - pad + 20.0 - v / ymax * (h - pad - 10.0);
         let _ = writeln!(s, "<text x='{}' y='14'>{title}</text>", ox + 10.0);
         let _ = writeln!(s, "<line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>", ox + pad, y(0.0), ox + w - 10.0, y(0.0));
