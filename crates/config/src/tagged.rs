@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn each_tagged_service_from_the_template() {
-        let t = template("{tag: myelin, discovery: {address: 'http://10.0.0.1:8500', wait: 30}, haproxy: {bind_address: 0.0.0.0, server_options: check, listen: [mode http]}}");
+        let t = template("{tag: myelin, discovery: {address: 'http://192.0.2.1:8500', wait: 30}, haproxy: {bind_address: 0.0.0.0, server_options: check, listen: [mode http]}}");
         let configured: BTreeMap<String, ServiceConfig> =
             serde_yaml_ng::from_str("{web: {discovery: {method: static}, haproxy: {port: 8080}}}").unwrap();
         let cat = catalog(&[
@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(got.keys().collect::<Vec<_>>(), ["api"]);
         let api = &got["api"];
         let Discovery::Consul(d) = &api.discovery else { panic!() };
-        assert_eq!((d.service.as_deref(), d.address.as_deref()), (Some("api"), Some("http://10.0.0.1:8500")));
+        assert_eq!((d.service.as_deref(), d.address.as_deref()), (Some("api"), Some("http://192.0.2.1:8500")));
         assert_eq!(api.haproxy.port, Some(Number(8081)));
         assert_eq!(api.haproxy.server_options.as_deref(), Some("check"));
         assert_eq!(skipped.keys().collect::<Vec<_>>(), ["bad name", "clash", "noport", "web"]);

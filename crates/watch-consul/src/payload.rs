@@ -198,27 +198,27 @@ mod tests {
         assert_eq!(got.records.len(), 1, "{got:?}");
         let d = &got.records[0];
         assert_eq!(d.name.as_deref(), Some("foobar:redis"));
-        assert_eq!((d.host.as_str(), d.port.as_str(), d.weight.as_deref()), ("10.1.10.12", "8000", Some("10")));
+        assert_eq!((d.host.as_str(), d.port.as_str(), d.weight.as_deref()), ("203.0.113.12", "8000", Some("10")));
         assert_eq!(d.labels.get("redis_version").map(String::as_str), Some("4.0"));
         d.validate().unwrap();
     }
 
     #[test]
     fn node_address_when_the_service_has_none_and_tagged_addresses() {
-        let body = br#"[{"Node": {"Node": "n1", "Address": "10.0.0.1", "TaggedAddresses": {"lan": "10.0.0.1", "wan": "198.51.100.1"}},
+        let body = br#"[{"Node": {"Node": "n1", "Address": "192.0.2.1", "TaggedAddresses": {"lan": "192.0.2.1", "wan": "198.51.100.1"}},
             "Service": {"ID": "web-1", "Service": "web", "Address": "", "Port": 80, "TaggedAddresses": null}, "Checks": []},
-          {"Node": {"Node": "n2", "Address": "10.0.0.2"},
-            "Service": {"ID": "web-2", "Service": "web", "Address": "10.0.1.2", "Port": 81,
+          {"Node": {"Node": "n2", "Address": "192.0.2.2"},
+            "Service": {"ID": "web-2", "Service": "web", "Address": "198.51.100.2", "Port": 81,
               "TaggedAddresses": {"wan": {"address": "198.51.100.2", "port": 8081}}}, "Checks": []}]"#;
         let got = instances(body, &sel()).unwrap().records;
-        assert_eq!(got.iter().map(|d| (d.host.as_str(), d.port.as_str())).collect::<Vec<_>>(), [("10.0.0.1", "80"), ("10.0.1.2", "81")]);
+        assert_eq!(got.iter().map(|d| (d.host.as_str(), d.port.as_str())).collect::<Vec<_>>(), [("192.0.2.1", "80"), ("198.51.100.2", "81")]);
         assert_eq!(got[0].weight, None);
         let wan = Selection { tagged_address: Some("wan".into()), ..sel() };
         let got = instances(body, &wan).unwrap().records;
         assert_eq!(got.iter().map(|d| (d.host.as_str(), d.port.as_str())).collect::<Vec<_>>(), [("198.51.100.1", "80"), ("198.51.100.2", "8081")]);
         // A tag neither has: the default address.
         let other = Selection { tagged_address: Some("lan_ipv6".into()), ..sel() };
-        assert_eq!(instances(body, &other).unwrap().records[1].host, "10.0.1.2");
+        assert_eq!(instances(body, &other).unwrap().records[1].host, "198.51.100.2");
     }
 
     #[test]
@@ -226,7 +226,7 @@ mod tests {
         let entry = |id: &str, tags: &str, statuses: &[&str]| {
             let checks: Vec<String> = statuses.iter().map(|s| format!(r#"{{"CheckID": "c", "Status": "{s}"}}"#)).collect();
             format!(
-                r#"{{"Node": {{"Node": "n", "Address": "10.0.0.1"}}, "Service": {{"ID": "{id}", "Tags": {tags}, "Port": 80,
+                r#"{{"Node": {{"Node": "n", "Address": "192.0.2.1"}}, "Service": {{"ID": "{id}", "Tags": {tags}, "Port": 80,
                    "Weights": {{"Passing": 5, "Warning": 2}}}}, "Checks": [{}]}}"#,
                 checks.join(",")
             )
@@ -259,7 +259,7 @@ mod tests {
         assert!(instances(b"[{\"Node\": ", &sel()).is_err());
         // One entry without Consul's shape is rejected; the other is kept.
         let body = br#"[{"Node": {}, "Service": 3},
-            {"Node": {"Node": "n", "Address": "10.0.0.1\nbackend evil"}, "Service": {"ID": "x y", "Port": 99999, "Weights": {"Passing": 1000, "Warning": 1}}}]"#;
+            {"Node": {"Node": "n", "Address": "192.0.2.1\nbackend evil"}, "Service": {"ID": "x y", "Port": 99999, "Weights": {"Passing": 1000, "Warning": 1}}}]"#;
         let got = instances(body, &sel()).unwrap();
         assert_eq!(got.rejected.len(), 1);
         assert_eq!(got.rejected[0].0, "entry 0");

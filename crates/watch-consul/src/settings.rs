@@ -337,8 +337,8 @@ mod tests {
         assert_eq!(ep.base.as_str(), "https://consul.internal:8501/");
         assert_eq!(ep.ca_file.as_deref(), Some(Path::new("/env/ca.pem")));
         assert_eq!(ep.token, TokenFrom::Value(Token::new("env-secret")));
-        let ep = parse("{address: 'http://10.0.0.1:8500', token_file: /t, ca_file: /c.pem}").unwrap().endpoint(&env).unwrap();
-        assert_eq!(ep.base.as_str(), "http://10.0.0.1:8500/");
+        let ep = parse("{address: 'http://192.0.2.1:8500', token_file: /t, ca_file: /c.pem}").unwrap().endpoint(&env).unwrap();
+        assert_eq!(ep.base.as_str(), "http://192.0.2.1:8500/");
         assert_eq!(ep.token, TokenFrom::File("/t".into()));
         assert_eq!(ep.ca_file.as_deref(), Some(Path::new("/c.pem")));
         let file_env = Env { http_token_file: Some("/run/token".into()), ..Env::default() };

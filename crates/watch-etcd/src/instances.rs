@@ -139,8 +139,8 @@ mod tests {
     #[test]
     fn reset_keeps_good_values_and_names_the_bad_keys() {
         let mut i = Instances::default();
-        let (all, bad) = reset(&mut i, &[("/s/web/a", "10.0.0.1:80"), ("/s/web/b", "garbage"), ("/s/web/c", r#"{"host":"10.0.0.3","port":80,"name":"c"}"#)]);
-        assert_eq!(all, vec![Discovered::new("10.0.0.1", 80), Discovered::new("10.0.0.3", 80).named("c")]);
+        let (all, bad) = reset(&mut i, &[("/s/web/a", "192.0.2.1:80"), ("/s/web/b", "garbage"), ("/s/web/c", r#"{"host":"192.0.2.3","port":80,"name":"c"}"#)]);
+        assert_eq!(all, vec![Discovered::new("192.0.2.1", 80), Discovered::new("192.0.2.3", 80).named("c")]);
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].key, b"/s/web/b");
         assert_eq!(i.len(), 2);
@@ -153,14 +153,14 @@ mod tests {
     fn put_and_delete() {
         let mut i = Instances::default();
         reset(&mut i, &[]);
-        assert_eq!(put(&mut i, "/s/a", "10.0.0.1:80"), vec![up("10.0.0.1", 80)]);
+        assert_eq!(put(&mut i, "/s/a", "192.0.2.1:80"), vec![up("192.0.2.1", 80)]);
         // The same value again changes nothing.
-        assert_eq!(put(&mut i, "/s/a", "10.0.0.1:80"), vec![]);
+        assert_eq!(put(&mut i, "/s/a", "192.0.2.1:80"), vec![]);
         // A new weight is an upsert of the same backend.
-        assert_eq!(put(&mut i, "/s/a", r#"{"host":"10.0.0.1","port":80,"weight":5}"#), vec![Update::Upsert(Discovered::new("10.0.0.1", 80).weighted(5))]);
+        assert_eq!(put(&mut i, "/s/a", r#"{"host":"192.0.2.1","port":80,"weight":5}"#), vec![Update::Upsert(Discovered::new("192.0.2.1", 80).weighted(5))]);
         // A new address under the same key: the old backend goes, then the new one comes.
-        assert_eq!(put(&mut i, "/s/a", "10.0.0.2:80"), vec![Update::Remove("10.0.0.1:80".into()), up("10.0.0.2", 80)]);
-        assert_eq!(i.delete(b"/s/a"), vec![Update::Remove("10.0.0.2:80".into())]);
+        assert_eq!(put(&mut i, "/s/a", "192.0.2.2:80"), vec![Update::Remove("192.0.2.1:80".into()), up("192.0.2.2", 80)]);
+        assert_eq!(i.delete(b"/s/a"), vec![Update::Remove("192.0.2.2:80".into())]);
         // Deleting an unknown key (or a malformed one's) does nothing.
         assert_eq!(i.delete(b"/s/a"), vec![]);
     }
@@ -168,9 +168,9 @@ mod tests {
     #[test]
     fn a_value_turning_malformed_unregisters_its_key() {
         let mut i = Instances::default();
-        reset(&mut i, &[("/s/a", "10.0.0.1:80")]);
+        reset(&mut i, &[("/s/a", "192.0.2.1:80")]);
         let (updates, rejected) = i.put(b"/s/a", b"{oops");
-        assert_eq!(updates, vec![Update::Remove("10.0.0.1:80".into())]);
+        assert_eq!(updates, vec![Update::Remove("192.0.2.1:80".into())]);
         assert_eq!(rejected.unwrap().key, b"/s/a");
         let (updates, rejected) = i.put(b"/s/b", b"not a registration");
         assert!(updates.is_empty() && rejected.is_some());
@@ -180,20 +180,20 @@ mod tests {
     #[test]
     fn two_keys_for_one_backend() {
         let mut i = Instances::default();
-        let (all, _) = reset(&mut i, &[("/s/a", r#"{"host":"10.0.0.1","port":80,"weight":1}"#), ("/s/b", r#"{"host":"10.0.0.1","port":80,"weight":2}"#)]);
+        let (all, _) = reset(&mut i, &[("/s/a", r#"{"host":"192.0.2.1","port":80,"weight":1}"#), ("/s/b", r#"{"host":"192.0.2.1","port":80,"weight":2}"#)]);
         // One record per backend key: the smallest etcd key's.
-        assert_eq!(all, vec![Discovered::new("10.0.0.1", 80).weighted(1)]);
+        assert_eq!(all, vec![Discovered::new("192.0.2.1", 80).weighted(1)]);
         // Deleting the routed key routes the other one's record; deleting both removes it.
-        assert_eq!(i.delete(b"/s/a"), vec![Update::Upsert(Discovered::new("10.0.0.1", 80).weighted(2))]);
-        assert_eq!(put(&mut i, "/s/c", r#"{"host":"10.0.0.1","port":80,"weight":2}"#), vec![]);
+        assert_eq!(i.delete(b"/s/a"), vec![Update::Upsert(Discovered::new("192.0.2.1", 80).weighted(2))]);
+        assert_eq!(put(&mut i, "/s/c", r#"{"host":"192.0.2.1","port":80,"weight":2}"#), vec![]);
         assert_eq!(i.delete(b"/s/b"), vec![]);
-        assert_eq!(i.delete(b"/s/c"), vec![Update::Remove("10.0.0.1:80".into())]);
+        assert_eq!(i.delete(b"/s/c"), vec![Update::Remove("192.0.2.1:80".into())]);
     }
 
     /// Any sequence of events leaves the same routed set as a fresh read of the final keys.
     #[test]
     fn events_agree_with_a_fresh_read() {
-        let values = ["10.0.0.1:80", "10.0.0.2:80", r#"{"host":"10.0.0.1","port":80,"weight":3}"#, r#"{"host":"10.0.0.9","port":81,"name":"n"}"#, "bad"];
+        let values = ["192.0.2.1:80", "192.0.2.2:80", r#"{"host":"192.0.2.1","port":80,"weight":3}"#, r#"{"host":"192.0.2.9","port":81,"name":"n"}"#, "bad"];
         let keys = ["/s/a", "/s/b", "/s/c"];
         let mut seed = 7u64;
         let mut next = || {

@@ -272,10 +272,10 @@ mod tests {
 
     #[test]
     fn endpoints_and_synapse_form() {
-        let d = parse("{endpoints: ['http://127.0.0.1:2379', '10.0.0.2:2379', '[::1]:2379', 'etcd-3'], path: /services/web/}");
+        let d = parse("{endpoints: ['http://127.0.0.1:2379', '192.0.2.2:2379', '[::1]:2379', 'etcd-3'], path: /services/web/}");
         let s = d.settings().unwrap();
         let urls: Vec<String> = s.endpoints.iter().map(Endpoint::url).collect();
-        assert_eq!(urls, ["http://127.0.0.1:2379", "http://10.0.0.2:2379", "http://[::1]:2379", "http://etcd-3:2379"]);
+        assert_eq!(urls, ["http://127.0.0.1:2379", "http://192.0.2.2:2379", "http://[::1]:2379", "http://etcd-3:2379"]);
         assert_eq!(s.prefix, "/services/web/");
         assert_eq!(s.timeout, Duration::from_secs(5));
         // Synapse: host, port (a string too), path.

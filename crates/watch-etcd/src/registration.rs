@@ -3,7 +3,7 @@
 //! This module is the single definition of the format (docs/watchers.md, `## etcd`, describes
 //! it for people). A value is either
 //!
-//! - Nerve's JSON object: `{"host": "10.0.0.5", "port": 8080, "name": "web-1", "weight": 10,
+//! - Nerve's JSON object: `{"host": "192.0.2.5", "port": 8080, "name": "web-1", "weight": 10,
 //!   "labels": {"az": "a"}}`. `host` and `port` are required; `port` and `weight` may be numbers
 //!   or strings; `name`, `weight` and `labels` may be absent or `null`; label values may be
 //!   strings, numbers or booleans; other members (Nerve writes some) are ignored; or
@@ -182,16 +182,16 @@ mod tests {
         assert_eq!(seen, 16);
         // Two captured values in full.
         let find = |k: &str| text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["key"] == k).unwrap()["value"].as_str().unwrap().to_owned();
-        let mut want = Discovered::new("10.0.0.11", 3000).named("i-0a1b2c3d");
+        let mut want = Discovered::new("192.0.2.11", 3000).named("i-0a1b2c3d");
         want.labels.insert("az".into(), "us-east-1a".into());
         assert_eq!(parse(find("/capture/web/nerve-1").as_bytes()).unwrap(), want);
-        assert_eq!(parse(find("/capture/web/registrator-2").as_bytes()).unwrap(), Discovered::new("10.0.0.14", 8080));
+        assert_eq!(parse(find("/capture/web/registrator-2").as_bytes()).unwrap(), Discovered::new("192.0.2.14", 8080));
     }
 
     #[test]
     fn nerve_json() {
-        let d = ok(r#"{"host":"10.0.0.5","port":8080,"name":"web-1","weight":10,"labels":{"az":"a","canary":true,"rack":3}}"#);
-        assert_eq!(d.host, "10.0.0.5");
+        let d = ok(r#"{"host":"192.0.2.5","port":8080,"name":"web-1","weight":10,"labels":{"az":"a","canary":true,"rack":3}}"#);
+        assert_eq!(d.host, "192.0.2.5");
         assert_eq!(d.port, "8080");
         assert_eq!(d.name.as_deref(), Some("web-1"));
         assert_eq!(d.weight.as_deref(), Some("10"));
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn plain_host_port() {
-        assert_eq!(ok("10.0.0.7:9000"), Discovered::new("10.0.0.7", "9000"));
+        assert_eq!(ok("192.0.2.7:9000"), Discovered::new("192.0.2.7", "9000"));
         assert_eq!(ok("web-3.internal:80\n"), Discovered::new("web-3.internal", "80"));
         assert_eq!(ok("[2001:db8::1]:8080"), Discovered::new("2001:db8::1", "8080"));
     }
@@ -255,15 +255,15 @@ mod tests {
     #[test]
     fn what_myelin_writes_it_reads() {
         let r = Registration {
-            host: "10.1.2.3".into(),
+            host: "203.0.113.3".into(),
             port: 31000,
-            name: Some("web_10.1.2.3_31000".into()),
+            name: Some("web_203.0.113.3_31000".into()),
             weight: Some(5),
             labels: [("az".to_owned(), "b".to_owned())].into(),
         };
         let json = r.to_json();
-        assert_eq!(json, r#"{"host":"10.1.2.3","port":31000,"name":"web_10.1.2.3_31000","weight":5,"labels":{"az":"b"}}"#);
-        let mut expected = Discovered::new("10.1.2.3", 31000).named("web_10.1.2.3_31000").weighted(5);
+        assert_eq!(json, r#"{"host":"203.0.113.3","port":31000,"name":"web_203.0.113.3_31000","weight":5,"labels":{"az":"b"}}"#);
+        let mut expected = Discovered::new("203.0.113.3", 31000).named("web_203.0.113.3_31000").weighted(5);
         expected.labels = r.labels.clone();
         assert_eq!(parse(json.as_bytes()).unwrap(), expected);
         let bare = Registration { host: "h".into(), port: 1, name: None, weight: None, labels: BTreeMap::new() };

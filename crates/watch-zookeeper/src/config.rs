@@ -268,7 +268,7 @@ mod tests {
         let s = |hosts: &[&str]| connect_string(&hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>());
         assert_eq!(s(&["zk1:2181", "zk2:2181", "zk3:2181/smartstack"]).unwrap(), "zk1:2181,zk2:2181,zk3:2181/smartstack");
         assert_eq!(s(&["zk1:2181/a", "zk2:2181/a"]).unwrap(), "zk1:2181,zk2:2181/a");
-        assert_eq!(s(&["zk1", "[::1]:2181", "10.0.0.1:2182/"]).unwrap(), "zk1,[::1]:2181,10.0.0.1:2182");
+        assert_eq!(s(&["zk1", "[::1]:2181", "192.0.2.1:2182/"]).unwrap(), "zk1,[::1]:2181,192.0.2.1:2182");
         assert_eq!(keys(s(&[]).unwrap_err()), ["hosts"]);
         assert_eq!(keys(s(&["zk1:2181/a", "zk2:2181/b"]).unwrap_err()), ["hosts[1]"]);
         assert_eq!(keys(s(&[":2181", "zk:0", "zk:http", "a b:1", "zk:1/x/"]).unwrap_err()), ["hosts[0]", "hosts[1]", "hosts[2]", "hosts[3]", "hosts[4]"]);

@@ -231,15 +231,15 @@ mod tests {
 
     // What Nerve's ZooKeeper reporter writes (JSON of its service's host, port, instance id,
     // weight and labels), as captured from a registration.
-    const NERVE: &str = r#"{"host":"10.1.2.3","port":8080,"name":"i-0a1b2c3d4e5f60718","weight":10,"labels":{"az":"us-east-1a","canary":false}}"#;
+    const NERVE: &str = r#"{"host":"203.0.113.3","port":8080,"name":"i-0a1b2c3d4e5f60718","weight":10,"labels":{"az":"us-east-1a","canary":false}}"#;
 
     #[test]
     fn nerve_registrations() {
         let d = up(nerve(NERVE.as_bytes()));
-        assert_eq!(d.host, "10.1.2.3");
+        assert_eq!(d.host, "203.0.113.3");
         assert_eq!(d.port, "8080");
-        assert_eq!(d.name.as_deref(), Some("i-0a1b2c3d4e5f60718_10.1.2.3:8080"));
-        assert_eq!(d.key(), "i-0a1b2c3d4e5f60718_10.1.2.3:8080");
+        assert_eq!(d.name.as_deref(), Some("i-0a1b2c3d4e5f60718_203.0.113.3:8080"));
+        assert_eq!(d.key(), "i-0a1b2c3d4e5f60718_203.0.113.3:8080");
         assert_eq!(d.weight.as_deref(), Some("10"));
         assert_eq!(d.labels.get("az").map(String::as_str), Some("us-east-1a"));
         assert_eq!(d.labels.get("canary").map(String::as_str), Some("false"));
@@ -283,16 +283,16 @@ mod tests {
     }
 
     // What Finagle's ZooKeeper announcer (and Aurora) write for a serverset member.
-    const SERVERSET: &str = r#"{"serviceEndpoint":{"host":"10.0.0.7","port":31943},"additionalEndpoints":{"http":{"host":"10.0.0.7","port":31944},"admin":{"host":"10.0.0.7","port":31945}},"status":"ALIVE","shard":2}"#;
+    const SERVERSET: &str = r#"{"serviceEndpoint":{"host":"192.0.2.7","port":31943},"additionalEndpoints":{"http":{"host":"192.0.2.7","port":31944},"admin":{"host":"192.0.2.7","port":31945}},"status":"ALIVE","shard":2}"#;
 
     #[test]
     fn serverset_members() {
         let d = up(serverset(SERVERSET.as_bytes(), None));
-        assert_eq!((d.host.as_str(), d.port.as_str()), ("10.0.0.7", "31943"));
-        assert_eq!(d.key(), "2_10.0.0.7:31943");
+        assert_eq!((d.host.as_str(), d.port.as_str()), ("192.0.2.7", "31943"));
+        assert_eq!(d.key(), "2_192.0.2.7:31943");
         d.validate().unwrap();
         let d = up(serverset(SERVERSET.as_bytes(), Some("http")));
-        assert_eq!(d.key(), "2_10.0.0.7:31944");
+        assert_eq!(d.key(), "2_192.0.2.7:31944");
         let e = serverset(SERVERSET.as_bytes(), Some("thrift")).unwrap_err();
         assert_eq!(e, "additionalEndpoints has no endpoint \"thrift\"");
         // No shard, no status: routed, named host:port.
@@ -319,7 +319,7 @@ mod tests {
     }
 
     fn rec(name: &str, port: u16) -> Option<Discovered> {
-        Some(Discovered::new("10.0.0.1", port).named(name))
+        Some(Discovered::new("192.0.2.1", port).named(name))
     }
 
     #[test]
