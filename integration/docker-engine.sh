@@ -12,6 +12,9 @@
 # are in $MYELIN_DOCKER_DIR/tls/client. vfs storage (works on any filesystem), no iptables
 # (published ports go through Docker's userland proxy), ports published on 127.0.0.1 by
 # default, and live-restore so that containers keep serving while the daemon is down.
+# Engines side by side (two "hosts"): give each its own $MYELIN_DOCKER_DIR, TLS port and bridge:
+# $MYELIN_DOCKER_BRIDGE names a Linux bridge the script creates with the address
+# $MYELIN_DOCKER_BRIDGE_CIDR (default 198.18.1.1/24, a benchmarking range) instead of docker0.
 # Needs root, and Debian's docker.io and busybox-static (integration/install-deps.sh).
 set -euo pipefail
 DIR=${MYELIN_DOCKER_DIR:-/tmp/myelin-docker}
@@ -22,6 +25,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # Docker's own client from the same package as the daemon.
 if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
 docker() { "$DOCKER" -H "unix://$SOCK" "$@"; }
+
+BRIDGE=${MYELIN_DOCKER_BRIDGE:-}
+BRIDGE_CIDR=${MYELIN_DOCKER_BRIDGE_CIDR:-198.18.1.1/24}
 
 running() { [ -S "$SOCK" ] && docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
@@ -48,8 +54,16 @@ start_daemon() {
   make_certs
   # A daemon that died uncleanly leaves its pid file; dockerd refuses to start over it.
   if [ -f "$DIR/docker.pid" ] && ! kill -0 "$(cat "$DIR/docker.pid")" 2>/dev/null; then rm -f "$DIR/docker.pid"; fi
-  # The kernel must let containers' ports be reached through the userland proxy.
-  nohup dockerd \
+  local bridge_args=()
+  if [ -n "$BRIDGE" ]; then
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+      ip link add name "$BRIDGE" type bridge
+      ip addr add "$BRIDGE_CIDR" dev "$BRIDGE"
+    fi
+    ip link set "$BRIDGE" up
+    bridge_args=(--bridge "$BRIDGE")
+  fi
+  nohup dockerd "${bridge_args[@]}" \
     --storage-driver=vfs --iptables=false --ip=127.0.0.1 --live-restore \
     --data-root "$DIR/data" --exec-root "$DIR/exec" --pidfile "$DIR/docker.pid" \
     --tlsverify --tlscacert "$TLS/ca.pem" --tlscert "$TLS/server-cert.pem" --tlskey "$TLS/server-key.pem" \
@@ -88,7 +102,8 @@ case "${1:-start}" in
   start) start_daemon; build_image; echo "docker engine: unix://$SOCK ($(docker version --format '{{.Server.Version}}'))" ;;
   stop)
     if running; then docker ps -aq | xargs -r "$DOCKER" -H "unix://$SOCK" rm -f >/dev/null 2>&1 || true; fi
-    stop_daemon ;;
+    stop_daemon
+    if [ -n "$BRIDGE" ]; then ip link del "$BRIDGE" 2>/dev/null || true; fi ;;
   daemon-stop) stop_daemon ;;
   status) running ;;
   *) echo "usage: $0 start|stop|daemon-stop|status" >&2; exit 2 ;;

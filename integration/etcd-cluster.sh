@@ -8,14 +8,16 @@
 #                           (for tests that stopped members); idempotent
 #   etcd-cluster.sh stop    stop every member and remove the data
 #
-# Client ports 23791-23793, peer ports 23801-23803: below Linux's ephemeral range
+# Client ports 23791-23793, peer ports 23801-23803 (with $MYELIN_ETCD_PORT_BASE=N: N+1..N+3 and
+# N+11..N+13, for a second cluster beside the first): below Linux's ephemeral range
 # (32768-60999), so no port the tests pick with port 0 can take them. The client endpoints are
 # written to $MYELIN_ETCD_DIR/endpoints (one per line) for the tests to read.
 set -euo pipefail
 dir=${MYELIN_ETCD_DIR:-/tmp/myelin-etcd}
 members=(1 2 3)
-client_port() { echo $((23790 + $1)); }
-peer_port() { echo $((23800 + $1)); }
+base=${MYELIN_ETCD_PORT_BASE:-23790}
+client_port() { echo $((base + $1)); }
+peer_port() { echo $((base + 10 + $1)); }
 
 # Member $1 runs: its pid is an etcd process that is not a zombie (a killed member stays one
 # until init reaps it).
