@@ -52,6 +52,19 @@ fn a_container_on_a_is_routed_by_b_and_drained_there_before_it_dies() {
     let on_a = f.run_on_a().unwrap();
     assert!(converged(&f, &ports(&[&on_a, &on_b]), &ids(&[(&f.a, &on_a), (&f.b, &on_b)])), "a {:?} b {:?} keys {:?}\n{}", f.a.routed(), f.b.routed(), f.keys(), f.logs());
     assert!(b_reaches(&f, &on_a), "{}", f.logs());
+    // What each host says it announces, and where.
+    for (host, c) in [(&f.a, &on_a), (&f.b, &on_b)] {
+        let s = host.status();
+        let web = &s["announce"]["web"];
+        assert_eq!(s["announce_as"], host.owner.as_str(), "{s}");
+        assert_eq!(web["state"], "announcing", "{s}");
+        assert_eq!(web["published"], serde_json::json!([id(host, c)]), "{s}");
+        assert_eq!(web["expiry_seconds"], f64::from(TTL), "{s}");
+        assert!(web["target"].as_str().is_some_and(|t| t.starts_with("etcd ") && t.contains(&f.prefix)), "{s}");
+    }
+    let (code, table, err) = f.a.env.myelin_once(&["status", "--admin", &f.a.admin.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("announcing as host-a") && table.contains(&id(&f.a, &on_a)), "{table}");
     // The value is the Nerve JSON the watchers read: where B reaches it.
     let keys = f.keys().unwrap();
     let v: serde_json::Value = serde_json::from_str(&keys[&id(&f.a, &on_a)].value).unwrap();
@@ -84,6 +97,7 @@ fn a_container_on_a_is_routed_by_b_and_drained_there_before_it_dies() {
     assert!(n >= 100, "only {n} requests were sent");
     // Withdrawn from etcd, gone from both HAProxies; B's own instance stays.
     assert!(converged(&f, &ports(&[&on_b]), &ids(&[(&f.b, &on_b)])), "a {:?} b {:?} keys {:?}\n{}", f.a.routed(), f.b.routed(), f.keys(), f.logs());
+    assert_eq!(f.a.status()["announce"]["web"]["published"], serde_json::json!([]), "{}", f.a.status());
 }
 
 /// myelin on A killed (SIGKILL): its entries stay until the lease expires, then B drops them
@@ -125,6 +139,8 @@ fn a_killed_myelin_expires_after_the_ttl_and_a_restart_takes_its_entries_back() 
     let lease1 = keys[&id(&f.a, &on_a)].lease;
     assert!(lease1 != 0 && lease1 != lease0, "lease {lease1} after the restart, {lease0} before");
     assert_eq!(f.b.servers().len(), 2, "B's servers: {:?}", f.b.servers());
+    let s = f.a.status();
+    assert_eq!((&s["announce"]["web"]["state"], &s["announce"]["web"]["published"]), (&"announcing".into(), &serde_json::json!([id(&f.a, &on_a)])), "{s}");
 
     // Killed and restarted at once: the keys never go, B never stops routing it, and the old
     // lease expiring later takes nothing with it.
@@ -185,6 +201,7 @@ fn the_etcd_member_a_talks_to_is_killed_nothing_is_lost() {
     let member = cluster.connected_member(f.a.pid().unwrap()).expect("A's myelin has no connection to a member");
     let result = (|| -> Result<()> {
         cluster.kill(member)?;
+        eprintln!("killed etcd member {member}, the one host A's myelin was connected to");
         let rest: Vec<String> = cluster.endpoints.iter().enumerate().filter(|(i, _)| i + 1 != member).map(|(_, e)| e.clone()).collect();
         let mut etcd = Etcd::connect(&rest, None)?;
         // Longer than two TTLs: a lease that was not kept alive would have expired.
@@ -202,6 +219,15 @@ fn the_etcd_member_a_talks_to_is_killed_nothing_is_lost() {
         ensure!(until(BOUND, || f.b.routed() == want), "B routes {:?}, want {want:?}\n{}", f.b.routed(), f.logs());
         let now = cluster.connected_member(f.a.pid().unwrap());
         ensure!(now.is_some_and(|m| m != member), "A's myelin is connected to {now:?}");
+        let want_ids: serde_json::Value = ids(&[(&f.a, &on_a), (&f.a, &more)]).into_iter().collect();
+        ensure!(
+            until(BOUND, || {
+                let s = f.a.status();
+                s["announce"]["web"]["state"] == "announcing" && s["announce"]["web"]["published"] == want_ids
+            }),
+            "{}",
+            f.a.status()
+        );
         Ok(())
     })();
     cluster.restore().unwrap();
