@@ -24,7 +24,7 @@ fn ports(cs: &[&Container]) -> BTreeSet<u16> {
 }
 
 fn id(host: &Host, c: &Container) -> String {
-    format!("{}_{}_8000", host.owner, c.name)
+    format!("{}_{}_8000", host.owner, c.name().unwrap())
 }
 
 fn ids(items: &[(&Host, &Container)]) -> BTreeSet<String> {
