@@ -128,7 +128,9 @@ fn a_killed_myelin_expires_after_the_ttl_and_a_restart_takes_its_entries_back() 
     let took = t0.elapsed();
     assert!(gone, "B still routes A's instance {took:?} after the kill: {:?}\n{}", f.b.servers(), f.logs());
     eprintln!("B dropped A's instance {took:?} after A's myelin was killed (ttl {TTL} s)");
-    assert!(took <= Duration::from_secs(u64::from(TTL)) + Duration::from_secs(1), "later than the TTL: {took:?}");
+    // etcd revokes an expired lease on its own schedule (checked about every 500 ms) and B then
+    // drains: a little slack on a busy machine.
+    assert!(took <= Duration::from_secs(u64::from(TTL) + 2), "much later than the TTL: {took:?}");
     assert_eq!(f.keys().unwrap().keys().cloned().collect::<BTreeSet<_>>(), ids(&[(&f.b, &on_b)]));
     assert_eq!(f.b.routed(), ports(&[&on_b]));
 
@@ -252,4 +254,26 @@ fn a_clean_stop_withdraws_at_once() {
     assert_eq!(f.keys().unwrap().keys().cloned().collect::<BTreeSet<_>>(), ids(&[(&f.b, &on_b)]), "not withdrawn when myelin exited\n{}", f.logs());
     assert!(until(BOUND, || f.b.routed() == ports(&[&on_b])), "B routes {:?}\n{}", f.b.routed(), f.logs());
     eprintln!("A's myelin stopped in {stopped:?}; B routes only its own after {:?}", t0.elapsed());
+}
+
+/// The same container name on two hosts (as one compose file deployed on each gives): two
+/// instances, both routed everywhere.
+#[test]
+fn the_same_container_name_on_two_hosts_is_two_instances() {
+    let cluster = myelin_integration::etcd::Cluster::get();
+    let _g = cluster.shared();
+    let f = Fleet::start("same-name", TTL).unwrap();
+    let name = format!("fleet-same-{}", std::process::id());
+    let on_a = f.a.engine.run(&f.label, "127.0.0.1::8000", &["--name", &name]).unwrap();
+    let on_b = f.b.engine.run(&f.label, "127.0.0.1::8000", &["--name", &name]).unwrap();
+    assert!(
+        converged(&f, &ports(&[&on_a, &on_b]), &ids(&[(&f.a, &on_a), (&f.b, &on_b)])),
+        "a {:?} b {:?} keys {:?}\n{}",
+        f.a.servers(),
+        f.b.servers(),
+        f.keys(),
+        f.logs()
+    );
+    let answers: BTreeSet<String> = myelin_integration::spray(f.b.port(), 20).0.into_iter().map(|b| b.trim().to_owned()).collect();
+    assert_eq!(answers, [on_a.id.clone(), on_b.id.clone()].into_iter().collect(), "{}", f.logs());
 }
