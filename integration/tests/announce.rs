@@ -1,6 +1,8 @@
 //! Announcing to etcd on one host: the etcd backend and the reconcile loop against the real
-//! three-member cluster (integration/etcd-cluster.sh), each test under its own key prefix.
-//! (The two-host tests through Docker and HAProxy are in their own file.)
+//! three-member cluster (integration/etcd-cluster.sh), each test under its own key prefix; and
+//! one host end to end: the private Docker engine (integration/docker-engine.sh), myelin
+//! announcing its containers to etcd and routing them from there through HAProxy. (The
+//! two-host tests are in their own file.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use std::time::Duration;
 use anyhow::Result;
 use etcd_client::{Client, GetOptions};
 use myelin_announce::{reconcile, AnnounceState, AnnounceStatus, Desired, Instance, InstanceId, Owner, Registry};
+use myelin_integration::docker::Engine;
 use myelin_integration::etcd::Cluster;
+use myelin_integration::{free_port, get, wait_for, Env};
 use myelin_source::Context;
 use myelin_watch_etcd::EtcdAnnounce;
 use tokio::sync::watch;
@@ -128,4 +132,96 @@ async fn the_reconcile_loop_against_etcd() -> Result<()> {
     assert!(ids(p.clone()).await.is_empty());
     assert_eq!(status.borrow().state, AnnounceState::Stopped);
     Ok(())
+}
+
+/// `read` from a synchronous test.
+fn keys(prefix: &str) -> BTreeMap<String, (String, i64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(read(Cluster::get(), prefix)).unwrap_or_default()
+}
+
+#[test]
+fn one_host_announces_its_ready_containers_and_withdraws_them() {
+    let engine = Engine::get().unwrap();
+    let cluster = Cluster::get();
+    let _g = cluster.shared();
+    let env = Env::new();
+    let p = prefix("e2e");
+    let owner = format!("smoke-{}", std::process::id());
+    let admin = free_port();
+    let discovery = format!("      method: etcd\n      endpoints: {}\n      path: {p}\n", cluster.yaml_endpoints());
+    let announce = format!(
+        "    announce:\n      containers: {{socket: {}, image_name: local/nodeapp, container_port: 8000, labels: {{myelin.test: announce}}}}\n      address: 127.0.0.1\n      to: {{method: etcd, endpoints: {}, path: {p}, ttl: 3}}\n",
+        engine.socket.display(),
+        cluster.yaml_endpoints()
+    );
+    let cfg = env.write_config_with(&discovery, &announce, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("announce_as: {owner}\nadmin: {{bind: {admin}}}\n{text}")).unwrap();
+    let (_haproxy, mut myelin) = env.start(&cfg).unwrap();
+    let bound = Duration::from_secs(5);
+
+    // A container started: announced (the Nerve JSON, the published port on the announced
+    // address), then routed from etcd by this host's HAProxy.
+    let c1 = engine.run_published("announce", &[]).unwrap();
+    let name = c1.name().unwrap();
+    let key = format!("{p}/{owner}_{name}_8000");
+    assert!(wait_for(bound, || keys(&p).contains_key(&key)).is_some(), "not announced: {:?}\n{}", keys(&p), myelin.log());
+    let value = keys(&p)[&key].0.clone();
+    assert!(value.starts_with(&format!(r#"{{"host":"127.0.0.1","port":{},"name":"{name}""#, c1.port().unwrap())), "{value}");
+    assert!(wait_for(bound, || env.routable_servers().unwrap_or_default().contains(&name)).is_some(), "{}", myelin.log());
+    assert!(wait_for(bound, || get(env.frontend_port, "/").is_ok_and(|(c, b)| c == 200 && b.trim() == c1.id)).is_some());
+    let (_, status) = get(admin, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["announce_as"], owner.as_str());
+    assert_eq!(status["announce"]["web"]["state"], "announcing", "{status}");
+    assert_eq!(status["announce"]["web"]["published"][0], format!("{owner}_{name}_8000"), "{status}");
+    assert_eq!(status["announce"]["web"]["expiry_seconds"], 3.0);
+    let (code, table, _) = env.myelin_once(&["status", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(table.contains(&format!("announcing as {owner}:")) && table.contains("web  announcing  to etcd"), "{table}");
+
+    // `docker stop`: withdrawn at its start, while the container still runs (PID-1 httpd ignores
+    // SIGTERM, so it runs for the whole 3 s timeout).
+    let id = c1.id.clone();
+    let stopping = std::thread::spawn(move || Engine::docker_unlocked(&["stop", "-t", "3", &id]));
+    let gone = wait_for(bound, || !keys(&p).contains_key(&key));
+    let running = engine.docker(&["inspect", "-f", "{{.State.Running}}", &c1.id]).unwrap();
+    assert!(gone.is_some(), "still announced after docker stop");
+    assert_eq!(running, "true", "withdrawn only after the container stopped ({gone:?})");
+    stopping.join().unwrap().unwrap();
+    drop(c1);
+
+    // myelin killed (SIGKILL) and restarted within the TTL: the same key, on a new lease, never
+    // missing in between.
+    let c2 = engine.run_published("announce", &[]).unwrap();
+    let key2 = format!("{p}/{owner}_{}_8000", c2.name().unwrap());
+    assert!(wait_for(bound, || keys(&p).contains_key(&key2)).is_some(), "{}", myelin.log());
+    let lease = keys(&p)[&key2].1;
+    myelin.signal("KILL");
+    myelin.wait_exit(bound);
+    let mut myelin = env.start_myelin(&cfg).unwrap();
+    let mut missing = 0;
+    let moved = wait_for(bound, || {
+        let k = keys(&p);
+        missing += usize::from(!k.contains_key(&key2));
+        k.get(&key2).is_some_and(|(_, l)| *l != lease)
+    });
+    assert!(moved.is_some() && missing == 0, "moved: {moved:?}, missing {missing} times: {:?}\n{}", keys(&p), myelin.log());
+    assert_eq!(keys(&p).len(), 1, "duplicates: {:?}", keys(&p));
+
+    // Killed and not restarted: etcd drops the key after the TTL (3 s).
+    myelin.signal("KILL");
+    myelin.wait_exit(bound);
+    let t0 = std::time::Instant::now();
+    assert!(wait_for(Duration::from_secs(8), || keys(&p).is_empty()).is_some(), "the key outlived the lease");
+    eprintln!("expired {:?} after SIGKILL (ttl 3 s)", t0.elapsed());
+    let mut myelin = env.start_myelin(&cfg).unwrap();
+    assert!(wait_for(bound, || keys(&p).contains_key(&key2)).is_some(), "not announced again: {}", myelin.log());
+
+    // A clean stop withdraws everything before myelin exits.
+    myelin.signal("TERM");
+    assert_eq!(myelin.wait_exit(bound), Some(0), "{}", myelin.log());
+    assert!(keys(&p).is_empty(), "left after SIGTERM: {:?}", keys(&p));
+    assert!(myelin.log().contains("withdrawn=1"), "{}", myelin.log());
 }
