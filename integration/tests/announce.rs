@@ -181,6 +181,25 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     assert_eq!(code, 0);
     assert!(table.contains(&format!("announcing as {owner}:")) && table.contains("web  announcing  to etcd"), "{table}");
 
+    // SIGHUP with a new TTL on the same registry: the new settings take the key over (a new
+    // lease), and it is never missing meanwhile.
+    let lease = keys(&p)[&key].1;
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("ttl: 3", "ttl: 4")).unwrap();
+    myelin.signal("HUP");
+    let mut missing = 0;
+    let moved = wait_for(bound, || {
+        let k = keys(&p);
+        missing += usize::from(!k.contains_key(&key));
+        k.get(&key).is_some_and(|(_, l)| *l != lease)
+    });
+    assert!(moved.is_some() && missing == 0, "moved: {moved:?}, missing {missing} times\n{}", myelin.log());
+    let expiry = || get(admin, "/status").ok().and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok()).map(|s| s["announce"]["web"]["expiry_seconds"].clone());
+    assert!(wait_for(bound, || expiry() == Some(serde_json::json!(4.0))).is_some(), "{:?}", expiry());
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("ttl: 4", "ttl: 3")).unwrap();
+    myelin.signal("HUP");
+    assert!(wait_for(bound, || expiry() == Some(serde_json::json!(3.0))).is_some(), "{:?}", expiry());
+
     // `docker stop`: withdrawn at its start, while the container still runs (PID-1 httpd ignores
     // SIGTERM, so it runs for the whole 3 s timeout).
     let id = c1.id.clone();
@@ -224,4 +243,47 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     assert_eq!(myelin.wait_exit(bound), Some(0), "{}", myelin.log());
     assert!(keys(&p).is_empty(), "left after SIGTERM: {:?}", keys(&p));
     assert!(myelin.log().contains("withdrawn=1"), "{}", myelin.log());
+}
+
+#[tokio::test]
+async fn the_member_in_use_killed_loses_nothing() -> Result<()> {
+    let cluster = Cluster::get();
+    let _g = cluster.exclusive();
+    let p = prefix("member");
+    let key = format!("{p}/host-a_a_8000");
+    // Reads through the members that stay up.
+    let survivors = Cluster { endpoints: cluster.endpoints[1..].to_vec() };
+    let r = registry(cluster, &p, "host-a", 3);
+    let (_dtx, drx) = watch::channel(Some(Arc::new([(inst("host-a", "a", 1).id, inst("host-a", "a", 1))].into_iter().collect())));
+    let (stx, mut status) = watch::channel(AnnounceStatus::new(&r));
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(reconcile(r, drx, stx, async move {
+        let _ = stop_rx.await;
+    }));
+    status.wait_for(|s| s.state == AnnounceState::Announcing && s.published.len() == 1).await?;
+    let lease = read(&survivors, &p).await?[&key].1;
+    // The registry connects to the first member first: kill it.
+    cluster.kill(1)?;
+    let t0 = tokio::time::Instant::now();
+    let mut missing = 0;
+    let mut moved = false;
+    // Three TTLs: the old lease is long gone by then, so the key lives on the new one.
+    while t0.elapsed() < Duration::from_secs(9) {
+        match read(&survivors, &p).await {
+            Ok(k) => {
+                missing += usize::from(!k.contains_key(&key));
+                moved |= k.get(&key).is_some_and(|(_, l)| *l != lease);
+            }
+            Err(e) => eprintln!("read failed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.restore()?;
+    assert_eq!(missing, 0, "the key was missing {missing} times");
+    assert!(moved, "not re-put on a lease of another member");
+    assert_eq!(status.borrow().state, AnnounceState::Announcing, "{:?}", status.borrow());
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await??;
+    assert!(read(cluster, &p).await?.is_empty());
+    Ok(())
 }
