@@ -48,6 +48,11 @@ async fn read(cluster: &Cluster, prefix: &str) -> Result<BTreeMap<String, (Strin
     Ok(r.kvs().iter().map(|kv| (kv.key_str().unwrap().to_owned(), (kv.value_str().unwrap().to_owned(), kv.lease()))).collect())
 }
 
+/// A runtime for one test, whose cluster guard is held outside it.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
 async fn wait_until<F: std::future::Future<Output = bool>>(bound: Duration, mut f: impl FnMut() -> F) -> bool {
     let end = tokio::time::Instant::now() + bound;
     while tokio::time::Instant::now() < end {
@@ -59,85 +64,88 @@ async fn wait_until<F: std::future::Future<Output = bool>>(bound: Duration, mut 
     false
 }
 
-#[tokio::test]
-async fn the_etcd_backend_publishes_on_a_lease_adopts_and_expires() -> Result<()> {
+#[test]
+fn the_etcd_backend_publishes_on_a_lease_adopts_and_expires() -> Result<()> {
     let cluster = Cluster::get();
     let _g = cluster.shared();
-    let p = prefix("backend");
-    let mut r = registry(cluster, &p, "host-a", 2);
-    assert!(r.connect().await?.is_empty());
-    r.publish(&inst("host-a", "web-1", 32001)).await?;
-    r.publish(&inst("host-a", "web-2", 32002)).await?;
-    // Another host's entry under the same prefix.
-    let mut other = registry(cluster, &p, "host-b", 30);
-    other.connect().await?;
-    other.publish(&inst("host-b", "web-1", 32003)).await?;
-    let keys = read(cluster, &p).await?;
-    let k1 = format!("{p}/host-a_web-1_8000");
-    assert_eq!(keys.keys().cloned().collect::<Vec<_>>(), [k1.clone(), format!("{p}/host-a_web-2_8000"), format!("{p}/host-b_web-1_8000")]);
-    assert_eq!(keys[&k1].0, r#"{"host":"127.0.0.1","port":32001,"name":"web-1"}"#);
-    let lease = keys[&k1].1;
-    assert_ne!(lease, 0, "published on a lease");
-    r.withdraw(&inst("host-a", "web-2", 0).id).await?;
-    r.withdraw(&inst("host-a", "web-2", 0).id).await?; // absent is success
+    runtime().block_on(async {
+        let p = prefix("backend");
+        let mut r = registry(cluster, &p, "host-a", 2);
+        assert!(r.connect().await?.is_empty());
+        r.publish(&inst("host-a", "web-1", 32001)).await?;
+        r.publish(&inst("host-a", "web-2", 32002)).await?;
+        // Another host's entry under the same prefix.
+        let mut other = registry(cluster, &p, "host-b", 30);
+        other.connect().await?;
+        other.publish(&inst("host-b", "web-1", 32003)).await?;
+        let keys = read(cluster, &p).await?;
+        let k1 = format!("{p}/host-a_web-1_8000");
+        assert_eq!(keys.keys().cloned().collect::<Vec<_>>(), [k1.clone(), format!("{p}/host-a_web-2_8000"), format!("{p}/host-b_web-1_8000")]);
+        assert_eq!(keys[&k1].0, r#"{"host":"127.0.0.1","port":32001,"name":"web-1"}"#);
+        let lease = keys[&k1].1;
+        assert_ne!(lease, 0, "published on a lease");
+        r.withdraw(&inst("host-a", "web-2", 0).id).await?;
+        r.withdraw(&inst("host-a", "web-2", 0).id).await?; // absent is success
 
-    // Kept alive past its TTL.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        r.keepalive().await?;
-    }
-    assert!(read(cluster, &p).await?.contains_key(&k1));
+        // Kept alive past its TTL.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            r.keepalive().await?;
+        }
+        assert!(read(cluster, &p).await?.contains_key(&k1));
 
-    // A new connection (a restart) lists this owner's ids only, and re-puts on its new lease.
-    let mut again = registry(cluster, &p, "host-a", 2);
-    let ids: Vec<String> = again.connect().await?.into_iter().map(|i| i.to_string()).collect();
-    assert_eq!(ids, ["host-a_web-1_8000"]);
-    again.publish(&inst("host-a", "web-1", 32001)).await?;
-    let moved = read(cluster, &p).await?[&k1].1;
-    assert!(moved != 0 && moved != lease, "re-put on the new lease");
+        // A new connection (a restart) lists this owner's ids only, and re-puts on its new lease.
+        let mut again = registry(cluster, &p, "host-a", 2);
+        let ids: Vec<String> = again.connect().await?.into_iter().map(|i| i.to_string()).collect();
+        assert_eq!(ids, ["host-a_web-1_8000"]);
+        again.publish(&inst("host-a", "web-1", 32001)).await?;
+        let moved = read(cluster, &p).await?[&k1].1;
+        assert!(moved != 0 && moved != lease, "re-put on the new lease");
 
-    // Nobody keeps either lease alive now: etcd deletes the keys after the TTL.
-    drop((r, again));
-    let gone = wait_until(Duration::from_secs(6), || async { read(cluster, &p).await.map(|k| !k.contains_key(&k1)).unwrap_or(false) }).await;
-    assert!(gone, "the key outlived its lease");
-    // The other host's entry is still there while it keeps its lease alive.
-    other.keepalive().await?;
-    assert!(read(cluster, &p).await?.contains_key(&format!("{p}/host-b_web-1_8000")));
-    other.withdraw(&inst("host-b", "web-1", 0).id).await?;
-    Ok(())
+        // Nobody keeps either lease alive now: etcd deletes the keys after the TTL.
+        drop((r, again));
+        let gone = wait_until(Duration::from_secs(6), || async { read(cluster, &p).await.map(|k| !k.contains_key(&k1)).unwrap_or(false) }).await;
+        assert!(gone, "the key outlived its lease");
+        // The other host's entry is still there while it keeps its lease alive.
+        other.keepalive().await?;
+        assert!(read(cluster, &p).await?.contains_key(&format!("{p}/host-b_web-1_8000")));
+        other.withdraw(&inst("host-b", "web-1", 0).id).await?;
+        Ok(())
+    })
 }
 
-#[tokio::test]
-async fn the_reconcile_loop_against_etcd() -> Result<()> {
+#[test]
+fn the_reconcile_loop_against_etcd() -> Result<()> {
     let cluster = Cluster::get();
     let _g = cluster.shared();
-    let p = prefix("loop");
-    let set = |items: &[Instance]| -> Option<Desired> { Some(Arc::new(items.iter().map(|i| (i.id.clone(), i.clone())).collect())) };
-    let r = registry(cluster, &p, "host-a", 10);
-    let (dtx, drx) = watch::channel(set(&[inst("host-a", "a", 1), inst("host-a", "b", 2)]));
-    let (stx, mut status) = watch::channel(AnnounceStatus::new(&r));
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(reconcile(r, drx, stx, async move {
-        let _ = stop_rx.await;
-    }));
-    let ids = |p: String| async move { read(Cluster::get(), &p).await.map(|k| k.into_keys().collect::<Vec<_>>()).unwrap_or_default() };
-    assert!(wait_until(Duration::from_secs(5), || async { ids(p.clone()).await.len() == 2 }).await);
-    status.wait_for(|s| s.state == AnnounceState::Announcing && s.published.len() == 2).await?;
-    assert_eq!(status.borrow().expiry, Duration::from_secs(10));
-    dtx.send_replace(set(&[inst("host-a", "b", 2)]));
-    assert!(wait_until(Duration::from_secs(5), || async { ids(p.clone()).await == [format!("{p}/host-a_b_8000")] }).await);
-    // Stop: everything withdrawn at once (not left to the lease).
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await??;
-    assert!(ids(p.clone()).await.is_empty());
-    assert_eq!(status.borrow().state, AnnounceState::Stopped);
-    Ok(())
+    runtime().block_on(async {
+        let p = prefix("loop");
+        let set = |items: &[Instance]| -> Option<Desired> { Some(Arc::new(items.iter().map(|i| (i.id.clone(), i.clone())).collect())) };
+        let r = registry(cluster, &p, "host-a", 10);
+        let (dtx, drx) = watch::channel(set(&[inst("host-a", "a", 1), inst("host-a", "b", 2)]));
+        let (stx, mut status) = watch::channel(AnnounceStatus::new(&r));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(reconcile(r, drx, stx, async move {
+            let _ = stop_rx.await;
+        }));
+        let ids = |p: String| async move { read(Cluster::get(), &p).await.map(|k| k.into_keys().collect::<Vec<_>>()).unwrap_or_default() };
+        assert!(wait_until(Duration::from_secs(5), || async { ids(p.clone()).await.len() == 2 }).await);
+        status.wait_for(|s| s.state == AnnounceState::Announcing && s.published.len() == 2).await?;
+        assert_eq!(status.borrow().expiry, Duration::from_secs(10));
+        dtx.send_replace(set(&[inst("host-a", "b", 2)]));
+        assert!(wait_until(Duration::from_secs(5), || async { ids(p.clone()).await == [format!("{p}/host-a_b_8000")] }).await);
+        // Stop: everything withdrawn at once (not left to the lease).
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await??;
+        assert!(ids(p.clone()).await.is_empty());
+        assert_eq!(status.borrow().state, AnnounceState::Stopped);
+        Ok(())
+    })
 }
 
 /// `read` from a synchronous test.
 fn keys(prefix: &str) -> BTreeMap<String, (String, i64)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(read(Cluster::get(), prefix)).unwrap_or_default()
+    runtime().block_on(read(Cluster::get(), prefix)).unwrap_or_default()
 }
 
 #[test]
@@ -245,45 +253,47 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     assert!(myelin.log().contains("withdrawn=1"), "{}", myelin.log());
 }
 
-#[tokio::test]
-async fn the_member_in_use_killed_loses_nothing() -> Result<()> {
+#[test]
+fn the_member_in_use_killed_loses_nothing() -> Result<()> {
     let cluster = Cluster::get();
     let _g = cluster.exclusive();
-    let p = prefix("member");
-    let key = format!("{p}/host-a_a_8000");
-    // Reads through the members that stay up.
-    let survivors = Cluster { endpoints: cluster.endpoints[1..].to_vec() };
-    let r = registry(cluster, &p, "host-a", 3);
-    let (_dtx, drx) = watch::channel(Some(Arc::new([(inst("host-a", "a", 1).id, inst("host-a", "a", 1))].into_iter().collect())));
-    let (stx, mut status) = watch::channel(AnnounceStatus::new(&r));
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(reconcile(r, drx, stx, async move {
-        let _ = stop_rx.await;
-    }));
-    status.wait_for(|s| s.state == AnnounceState::Announcing && s.published.len() == 1).await?;
-    let lease = read(&survivors, &p).await?[&key].1;
-    // The registry connects to the first member first: kill it.
-    cluster.kill(1)?;
-    let t0 = tokio::time::Instant::now();
-    let mut missing = 0;
-    let mut moved = false;
-    // Three TTLs: the old lease is long gone by then, so the key lives on the new one.
-    while t0.elapsed() < Duration::from_secs(9) {
-        match read(&survivors, &p).await {
-            Ok(k) => {
-                missing += usize::from(!k.contains_key(&key));
-                moved |= k.get(&key).is_some_and(|(_, l)| *l != lease);
+    runtime().block_on(async {
+        let p = prefix("member");
+        let key = format!("{p}/host-a_a_8000");
+        // Reads through the members that stay up.
+        let survivors = Cluster { endpoints: cluster.endpoints[1..].to_vec() };
+        let r = registry(cluster, &p, "host-a", 3);
+        let (_dtx, drx) = watch::channel(Some(Arc::new([(inst("host-a", "a", 1).id, inst("host-a", "a", 1))].into_iter().collect())));
+        let (stx, mut status) = watch::channel(AnnounceStatus::new(&r));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(reconcile(r, drx, stx, async move {
+            let _ = stop_rx.await;
+        }));
+        status.wait_for(|s| s.state == AnnounceState::Announcing && s.published.len() == 1).await?;
+        let lease = read(&survivors, &p).await?[&key].1;
+        // The registry connects to the first member first: kill it.
+        cluster.kill(1)?;
+        let t0 = tokio::time::Instant::now();
+        let mut missing = 0;
+        let mut moved = false;
+        // Three TTLs: the old lease is long gone by then, so the key lives on the new one.
+        while t0.elapsed() < Duration::from_secs(9) {
+            match read(&survivors, &p).await {
+                Ok(k) => {
+                    missing += usize::from(!k.contains_key(&key));
+                    moved |= k.get(&key).is_some_and(|(_, l)| *l != lease);
+                }
+                Err(e) => eprintln!("read failed: {e}"),
             }
-            Err(e) => eprintln!("read failed: {e}"),
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cluster.restore()?;
-    assert_eq!(missing, 0, "the key was missing {missing} times");
-    assert!(moved, "not re-put on a lease of another member");
-    assert_eq!(status.borrow().state, AnnounceState::Announcing, "{:?}", status.borrow());
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await??;
-    assert!(read(cluster, &p).await?.is_empty());
-    Ok(())
+        cluster.restore()?;
+        assert_eq!(missing, 0, "the key was missing {missing} times");
+        assert!(moved, "not re-put on a lease of another member");
+        assert_eq!(status.borrow().state, AnnounceState::Announcing, "{:?}", status.borrow());
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await??;
+        assert!(read(cluster, &p).await?.is_empty());
+        Ok(())
+    })
 }
