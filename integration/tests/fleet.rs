@@ -70,6 +70,7 @@ fn a_container_on_a_is_routed_by_b_and_drained_there_before_it_dies() {
     let v: serde_json::Value = serde_json::from_str(&keys[&id(&f.a, &on_a)].value).unwrap();
     assert_eq!((v["host"].as_str(), v["port"].as_u64()), (Some("127.0.0.1"), Some(u64::from(on_a.port))), "{v}");
 
+    let reloads = f.b.env.reloads().unwrap();
     // ~50 requests/s through B, bounded in count and time.
     let stop = Arc::new(AtomicBool::new(false));
     let load = load_loop(f.b.port(), Duration::from_millis(20), 2_000, Duration::from_secs(30), stop.clone());
@@ -98,6 +99,7 @@ fn a_container_on_a_is_routed_by_b_and_drained_there_before_it_dies() {
     // Withdrawn from etcd, gone from both HAProxies; B's own instance stays.
     assert!(converged(&f, &ports(&[&on_b]), &ids(&[(&f.b, &on_b)])), "a {:?} b {:?} keys {:?}\n{}", f.a.routed(), f.b.routed(), f.keys(), f.logs());
     assert_eq!(f.a.status()["announce"]["web"]["published"], serde_json::json!([]), "{}", f.a.status());
+    assert_eq!(f.b.env.reloads().unwrap(), reloads, "B reloaded HAProxy for a membership change");
 }
 
 /// myelin on A killed (SIGKILL): its entries stay until the lease expires, then B drops them
