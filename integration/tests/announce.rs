@@ -143,9 +143,17 @@ fn the_reconcile_loop_against_etcd() -> Result<()> {
     })
 }
 
-/// `read` from a synchronous test.
+/// `read` from a synchronous test; a read that fails (a leader election after another test
+/// killed a member) is tried again rather than taken for no keys.
 fn keys(prefix: &str) -> BTreeMap<String, (String, i64)> {
-    runtime().block_on(read(Cluster::get(), prefix)).unwrap_or_default()
+    let rt = runtime();
+    for _ in 0..20 {
+        if let Ok(k) = rt.block_on(read(Cluster::get(), prefix)) {
+            return k;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("etcd cannot be read")
 }
 
 #[test]
@@ -187,6 +195,8 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     assert_eq!(status["announce"]["web"]["state"], "announcing", "{status}");
     assert_eq!(status["announce"]["web"]["published"][0], format!("{owner}_{name}_8000"), "{status}");
     assert_eq!(status["announce"]["web"]["expiry_seconds"], 3.0);
+    let (_, metrics) = get(admin, "/metrics").unwrap();
+    assert!(metrics.contains("myelin_announced{service=\"web\"} 1") && metrics.contains("myelin_announce_failing{service=\"web\"} 0"), "{metrics}");
     let (code, table, _) = env.myelin_once(&["status", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(table.contains(&format!("announcing as {owner}:")) && table.contains("web  announcing  to etcd"), "{table}");
