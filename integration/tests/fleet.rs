@@ -256,6 +256,13 @@ fn a_clean_stop_withdraws_at_once() {
     assert_eq!(f.keys().unwrap().keys().cloned().collect::<BTreeSet<_>>(), ids(&[(&f.b, &on_b)]), "not withdrawn when myelin exited\n{}", f.logs());
     assert!(until(BOUND, || f.b.routed() == ports(&[&on_b])), "B routes {:?}\n{}", f.b.routed(), f.logs());
     eprintln!("A's myelin stopped in {stopped:?}; B routes only its own after {:?}", t0.elapsed());
+
+    // Started again (as `systemctl restart` does after the stop): announced and routed again.
+    let t0 = Instant::now();
+    f.a.start_myelin().unwrap();
+    let all = ports(&[&on_a, &on_b]);
+    assert!(until(BOUND, || f.b.routed() == all), "B routes {:?}\n{}", f.b.routed(), f.logs());
+    eprintln!("B routes A's instance again {:?} after A's myelin was started", t0.elapsed());
 }
 
 /// The same container name on two hosts (as one compose file deployed on each gives): two
