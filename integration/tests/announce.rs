@@ -309,3 +309,33 @@ fn the_member_in_use_killed_loses_nothing() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn myelin_s_own_check_gates_announcing() {
+    let engine = Engine::get().unwrap();
+    let cluster = Cluster::get();
+    let _g = cluster.shared();
+    let env = Env::new();
+    let p = prefix("check");
+    let owner = format!("check-{}", std::process::id());
+    let discovery = format!("      method: etcd\n      endpoints: {}\n      path: {p}\n", cluster.yaml_endpoints());
+    let announce = format!(
+        "    announce:\n      containers: {{socket: {}, image_name: local/nodeapp, container_port: 8000, labels: {{myelin.test: announce-check}}}}\n      address: 127.0.0.1\n      check: {{type: http, path: /index.html, interval: 0.2, timeout: 1, rise: 2, fall: 1}}\n",
+        engine.socket.display()
+    );
+    let cfg = env.write_config_with(&discovery, &announce, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("announce_as: {owner}\n{text}")).unwrap();
+    let (_haproxy, myelin) = env.start(&cfg).unwrap();
+    let bound = Duration::from_secs(5);
+    let c = engine.run_published("announce-check", &[]).unwrap();
+    let key = format!("{p}/{owner}_{}_8000", c.name().unwrap());
+    assert!(wait_for(bound, || keys(&p).contains_key(&key)).is_some(), "not announced after its check passed: {}", myelin.log());
+    // The check fails (the page is gone: 404) while the container runs: withdrawn.
+    engine.docker(&["exec", &c.id, "/bin/busybox", "rm", "/www/index.html"]).unwrap();
+    assert!(wait_for(bound, || !keys(&p).contains_key(&key)).is_some(), "still announced with a failing check: {}", myelin.log());
+    assert!(myelin.log().contains("Check failed: not announced."), "{}", myelin.log());
+    // Passing again (twice: rise 2): announced again.
+    engine.docker(&["exec", &c.id, "/bin/busybox", "sh", "-c", "echo back > /www/index.html"]).unwrap();
+    assert!(wait_for(bound, || keys(&p).contains_key(&key)).is_some(), "not announced again: {}", myelin.log());
+}
