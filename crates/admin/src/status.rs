@@ -21,7 +21,7 @@ pub struct Snapshot {
     /// Synapse's `file_output`, when configured.
     pub file_output: Option<FileOutputStatus>,
     /// Shared with the daemon: a snapshot re-uses the entries of services that did not change.
-    pub services: BTreeMap<String, std::sync::Arc<ServiceStatus>>,
+    pub services: ServiceMap,
     /// This host's name in registries, when it announces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce_as: Option<String>,
@@ -46,6 +46,11 @@ pub struct AnnounceStatus {
     /// Seconds other hosts keep seeing them if this host dies without withdrawing them.
     pub expiry_seconds: f64,
 }
+
+/// Every service's status by name: a persistent map, so that the daemon publishes a new
+/// snapshot by changing the entries of the services that changed (O(log n) each), sharing the
+/// rest with the previous snapshot, instead of copying the map.
+pub type ServiceMap = imbl::OrdMap<String, std::sync::Arc<ServiceStatus>>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigStatus {
@@ -262,7 +267,7 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut services = BTreeMap::new();
+        let mut services = ServiceMap::new();
         services.insert(
             "web".to_owned(),
             std::sync::Arc::new(ServiceStatus {
