@@ -12,7 +12,7 @@ use std::time::Duration;
 use myelin_core::{diff, diff_scoped, BackendName, DesiredState, Scope, ServerName};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::route::{fallback, route, Reload, Route, Situation};
 use crate::{filter_state_file, run_command, servers_on_disk, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Renderer, Runtime, ServerState, Writer};
@@ -27,6 +27,11 @@ const DRAIN_TICK: Duration = Duration::from_millis(250);
 const DELETE_GRACE: Duration = Duration::from_secs(10);
 /// The first drift check after an apply.
 const FIRST_VERIFY: Duration = Duration::from_secs(1);
+/// A refused candidate is checked again after this, then after twice as long each time it is
+/// refused again, up to [`REFUSED_RETRY_MAX`]: what the check depends on (an `errorfile`, a
+/// certificate, the operator's `check_command`) may be fixed without a SIGHUP.
+const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(2);
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
 /// After changes the runtime API carried, haproxy.cfg is brought in step at most this much
 /// later (changes meanwhile share one write). It is always written before a reload and at exit.
 const FILE_COALESCE: Duration = Duration::from_millis(100);
@@ -103,8 +108,14 @@ pub struct Driver {
     master: Option<Master>,
     /// What HAProxy runs, as far as myelin knows; `None` until the first apply.
     applied: Option<DesiredState>,
-    /// The last desired state HAProxy refused: not tried again until something changes.
+    /// The last desired state HAProxy refused: checked again at `refused_retry` (with backoff),
+    /// or at once when the desired state changes or the configuration is reloaded.
     refused: Option<DesiredState>,
+    refused_retry: Option<Instant>,
+    refused_backoff: Duration,
+    /// The failures already logged, by kind: a retry failing the same way is logged at debug
+    /// level only, and the recovery once.
+    said: BTreeMap<&'static str, String>,
     /// haproxy.cfg changed (or HAProxy drifted) and a reload is owed.
     reload_pending: bool,
     /// An apply failed and is to be tried again, not before this.
@@ -138,6 +149,9 @@ impl Driver {
             master: None,
             applied: None,
             refused: None,
+            refused_retry: None,
+            refused_backoff: REFUSED_RETRY_FIRST,
+            said: BTreeMap::new(),
             reload_pending: false,
             retry_at: None,
             draining: BTreeMap::new(),
@@ -164,6 +178,7 @@ impl Driver {
         }
         self.s = s;
         self.refused = None;
+        self.refused_retry = None;
         self.unapplied = Scope::All;
         self.unrendered = Scope::All;
         self.set_clients();
@@ -179,17 +194,17 @@ impl Driver {
         }
     }
 
-    /// Whether the driver needs an apply even if nothing changed (a reload is owed, or an
-    /// apply failed and is to be retried).
+    /// Whether the driver needs an apply even if nothing changed (a reload is owed, an apply
+    /// failed and is to be retried, or a refused candidate is to be checked again).
     pub fn wants_apply(&self) -> bool {
-        self.reload_pending || self.retry_at.is_some()
+        self.reload_pending || self.retry_at.is_some() || self.refused_retry.is_some()
     }
 
     /// The earliest moment the next apply may run: reloads are spaced by `restart_interval`,
-    /// and a failed apply waits a little.
+    /// a failed apply waits a little, a refused candidate waits for its backoff.
     pub fn earliest_apply(&self, now: Instant) -> Instant {
         let at = self.gate.next_allowed(now);
-        self.retry_at.map_or(at, |r| r.max(at))
+        [self.retry_at, self.refused_retry].into_iter().flatten().fold(at, Instant::max)
     }
 
     /// When [`Driver::tick`] has work: a drain check, a drift check, or haproxy.cfg to bring in
@@ -227,7 +242,7 @@ impl Driver {
         let situation = Situation {
             runtime: self.runtime.is_some(),
             reload_pending: self.reload_pending,
-            refused: self.refused.as_ref() == Some(desired),
+            refused: self.refused.as_ref() == Some(desired) && self.refused_retry.is_some_and(|at| Instant::now() < at),
             plan: plan.as_ref(),
             desired,
         };
@@ -280,6 +295,7 @@ impl Driver {
             Err(e) => return self.not_installed(desired, e, report),
         };
         self.refused = None;
+        self.refused_retry = None;
         // Whatever lagged behind the runtime API is in this file.
         self.file_due = None;
         report.outcome = Some(match outcome {
@@ -380,6 +396,11 @@ impl Driver {
 
     /// `applied` follows `desired` for what changed since it was last brought up to date.
     fn set_applied(&mut self, desired: &DesiredState) {
+        self.refused = None;
+        self.refused_retry = None;
+        if self.recovered("apply") {
+            info!("haproxy.cfg is installed again; the earlier failure is over.");
+        }
         match (&mut self.applied, std::mem::replace(&mut self.unapplied, Scope::none())) {
             (Some(a), Scope::Services(names)) => {
                 for name in names {
@@ -428,19 +449,49 @@ impl Driver {
         self.write_accepted(&text).await;
     }
 
-    /// The check refused `desired` (it is not tried again until it changes), or writing failed
-    /// (tried again after a pause).
+    /// The check refused `desired` (checked again after a backoff, or at once when it
+    /// changes), or writing failed (tried again after a pause). A retry failing the same way is
+    /// not logged again.
     fn not_installed(&mut self, desired: &DesiredState, e: Error, mut report: Report) -> Report {
+        let text = e.to_string();
         if let Error::Rejected { .. } = e {
-            error!("{e}. The config in force is unchanged.");
-            report.outcome = Some(Outcome::Rejected(e.to_string()));
+            self.refused_backoff =
+                if self.refused.as_ref() == Some(desired) { (self.refused_backoff * 2).min(REFUSED_RETRY_MAX) } else { REFUSED_RETRY_FIRST };
+            self.refused_retry = Some(Instant::now() + self.refused_backoff);
+            let next_s = self.refused_backoff.as_secs();
+            if self.first_time("apply", &text) {
+                error!(next_s, "{e}. The config in force is unchanged; the candidate is checked again with backoff (up to {} s) and at every change.", REFUSED_RETRY_MAX.as_secs());
+            } else {
+                debug!(next_s, "The candidate is still refused.");
+            }
+            report.outcome = Some(Outcome::Rejected(text));
             self.refused = Some(desired.clone());
         } else {
-            error!("Writing haproxy.cfg failed: {e}. Retrying.");
-            report.outcome = Some(Outcome::Failed(e.to_string()));
+            if self.first_time("apply", &text) {
+                error!("Writing haproxy.cfg failed: {e}. Retrying.");
+            } else {
+                debug!("Writing haproxy.cfg still fails.");
+            }
+            report.outcome = Some(Outcome::Failed(text));
             self.retry_later();
         }
         report
+    }
+
+    /// Whether the failure `text` of kind `what` is new (to be logged): a retry failing the
+    /// same way is not. Process ids in HAProxy's messages (`[ALERT] (1234)`) do not count.
+    fn first_time(&mut self, what: &'static str, text: &str) -> bool {
+        let shape = without_pids(text);
+        if self.said.get(what) == Some(&shape) {
+            return false;
+        }
+        self.said.insert(what, shape);
+        true
+    }
+
+    /// The failure of kind `what` is over: whether one had been logged (then the recovery is).
+    fn recovered(&mut self, what: &'static str) -> bool {
+        self.said.remove(what).is_some()
     }
 
     /// Timed work: delete drained servers, check HAProxy for drift. A drift makes
@@ -615,6 +666,26 @@ impl Driver {
     }
 }
 
+/// `text` without the process ids HAProxy puts in its messages (`[ALERT]    (1234) : ...`).
+fn without_pids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('(') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str("(pid)");
+            rest = &after[digits + 1..];
+        } else {
+            out.push('(');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +772,49 @@ mod tests {
         d.reconfigure(fixed);
         assert_eq!(d.apply_all(&state(&[2])).await.outcome, Some(Outcome::Installed));
         assert_eq!(reloads(dir.path()), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_state_is_checked_again_with_backoff_until_the_check_accepts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("errorfile");
+        let mut d = driver(dir.path(), &format!("test -e {}", flag.display()), "true", None);
+        let r = d.apply_all(&state(&[1])).await;
+        assert!(matches!(r.outcome, Some(Outcome::Rejected(_))), "{r:?}");
+        // Not at once: after the first backoff.
+        assert!(d.wants_apply());
+        let now = Instant::now();
+        let at = d.earliest_apply(now);
+        assert!(at > now + Duration::from_millis(1900) && at <= now + REFUSED_RETRY_FIRST, "{:?}", at - now);
+        assert_eq!(d.apply_all(&state(&[1])).await.outcome, None, "not before its time");
+        // Due, and refused again: the wait doubles, up to its cap.
+        let mut waits = vec![];
+        for _ in 0..7 {
+            d.refused_retry = Some(Instant::now());
+            assert!(matches!(d.apply_all(&state(&[1])).await.outcome, Some(Outcome::Rejected(_))));
+            waits.push(d.refused_backoff.as_secs());
+        }
+        assert_eq!(waits, [4, 8, 16, 32, 60, 60, 60]);
+        // What the check depends on is fixed (no SIGHUP, no discovery change): the next try
+        // installs it, and nothing more is owed.
+        std::fs::write(&flag, "").unwrap();
+        d.refused_retry = Some(Instant::now());
+        let r = d.apply_all(&state(&[1])).await;
+        assert_eq!((r.outcome, r.reload), (Some(Outcome::Installed), Some(Ok(()))));
+        assert!(!d.wants_apply());
+        // A new refusal starts from the first backoff again.
+        std::fs::remove_file(&flag).unwrap();
+        assert!(matches!(d.apply_all(&state(&[1, 2])).await.outcome, Some(Outcome::Rejected(_))));
+        assert_eq!(d.refused_backoff, REFUSED_RETRY_FIRST);
+    }
+
+    #[test]
+    fn pids_do_not_make_a_failure_new() {
+        let a = "[ALERT]    (8446) : config : parsing [x:9] : errorfile : error opening file '/e (1).http'.";
+        let b = "[ALERT]    (9001) : config : parsing [x:9] : errorfile : error opening file '/e (1).http'.";
+        assert_eq!(without_pids(a), without_pids(b));
+        assert_eq!(without_pids(a), "[ALERT]    (pid) : config : parsing [x:9] : errorfile : error opening file '/e (pid).http'.");
+        assert_eq!(without_pids("no (parens) here ("), "no (parens) here (");
     }
 
     #[tokio::test]
