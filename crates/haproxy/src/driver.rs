@@ -654,11 +654,16 @@ impl Driver {
                 self.draining.clear();
                 self.schedule_drain_check();
                 let how = if self.master.is_some() { "master CLI" } else { "reload_command" };
+                self.recovered("reload");
                 info!(took_ms = now.elapsed().as_millis() as u64, how, "Reloaded HAProxy.");
                 Ok(())
             }
             Err(e) => {
-                error!("Reloading HAProxy failed: {e}. Retrying.");
+                if self.first_time("reload", &e.to_string()) {
+                    error!("Reloading HAProxy failed: {e}. Retrying.");
+                } else {
+                    debug!("Reloading HAProxy still fails: {e}");
+                }
                 self.retry_later();
                 Err(e.to_string())
             }
