@@ -428,10 +428,17 @@ impl Driver {
         match self.s.writer.install_accepted(text).await {
             Ok(_) => {
                 self.file_due = None;
+                if self.recovered("file") {
+                    info!("haproxy.cfg is written again and matches what HAProxy runs.");
+                }
                 Outcome::Installed
             }
             Err(e) => {
-                error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
+                if self.first_time("file", &e.to_string()) {
+                    error!("HAProxy runs the change, but writing haproxy.cfg failed: {e}. Retrying.");
+                } else {
+                    debug!("Writing haproxy.cfg still fails: {e}");
+                }
                 self.file_due = Some(Instant::now() + MIN_RETRY.max(self.s.restart_interval));
                 Outcome::Failed(e.to_string())
             }
@@ -439,14 +446,14 @@ impl Driver {
     }
 
     /// Bring haproxy.cfg in step with what the runtime API made HAProxy run.
-    async fn write_lagging(&mut self) {
+    async fn write_lagging(&mut self) -> Option<Outcome> {
         let Some(applied) = self.applied.take() else {
             self.file_due = None;
-            return;
+            return None;
         };
         let text = self.text(&applied);
         self.applied = Some(applied);
-        self.write_accepted(&text).await;
+        Some(self.write_accepted(&text).await)
     }
 
     /// The check refused `desired` (checked again after a backoff, or at once when it
@@ -494,8 +501,9 @@ impl Driver {
         self.said.remove(what).is_some()
     }
 
-    /// Timed work: delete drained servers, check HAProxy for drift. A drift makes
-    /// [`Driver::wants_apply`] true (it is repaired with a reload).
+    /// Timed work: delete drained servers, check HAProxy for drift, bring haproxy.cfg in step
+    /// (the report's outcome is that write's). A drift makes [`Driver::wants_apply`] true (it
+    /// is repaired with a reload).
     pub async fn tick(&mut self) -> Report {
         let now = Instant::now();
         let mut report = Report::default();
@@ -506,7 +514,7 @@ impl Driver {
             self.verify();
         }
         if self.file_due.is_some_and(|at| at <= now) {
-            self.write_lagging().await;
+            report.outcome = self.write_lagging().await;
         }
         report
     }
@@ -933,7 +941,7 @@ mod tests {
         let due = d.next_wake().unwrap();
         assert!(due <= Instant::now() + FILE_COALESCE);
         tokio::time::sleep_until(due).await;
-        d.tick().await;
+        assert_eq!(d.tick().await.outcome, Some(Outcome::Installed), "the write is reported");
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[1, 2, 3])));
         // At exit, a lagging file is written at once.
         assert_eq!(d.apply(&state(&[3]), &scope).await.outcome, Some(Outcome::Installed));

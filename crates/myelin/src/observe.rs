@@ -341,6 +341,17 @@ impl Observer {
         self.notifier.send(&[NotifyState::Status(&status)]);
     }
 
+    /// haproxy.cfg was brought in step with what the runtime API made HAProxy run, or could
+    /// not be: shown as the last apply when it failed, and when it works again.
+    pub fn file_written(&mut self, outcome: &HaOutcome) {
+        let was_failed = self.last_apply.as_ref().is_some_and(|o| !o.is_ok());
+        if outcome.is_ok() && !was_failed {
+            return;
+        }
+        self.last_apply = Some(Outcome::now(word(outcome), error_of(outcome)));
+        self.publish();
+    }
+
     /// Commands went to HAProxy's runtime API: `ok` of them succeeded, and one more failed when
     /// `failed`.
     pub fn runtime_commands(&mut self, ok: u64, failed: bool) {
