@@ -84,8 +84,11 @@ pub struct Report {
     pub outcome: Option<Outcome>,
     /// Runtime API commands that succeeded.
     pub runtime_commands: u64,
-    /// The runtime API failed (and the change fell back to a reload).
+    /// The runtime API failed (a change then fell back to a reload; a drift check is tried
+    /// again at the next interval).
     pub runtime_error: Option<String>,
+    /// The runtime API answered (commands ran, or a drift check read the servers).
+    pub runtime_ok: bool,
     /// A reload was attempted: `Ok` when HAProxy runs the new config (verified through the
     /// master CLI when there is one).
     pub reload: Option<Result<(), String>>,
@@ -265,6 +268,8 @@ impl Driver {
             // the servers.
             match self.run_ops(ops, &mut report).await {
                 Ok(()) => {
+                    report.runtime_ok = true;
+                    self.recovered("runtime");
                     let outcome = match text {
                         Some(t) => self.write_accepted(&t).await,
                         None => {
@@ -279,7 +284,11 @@ impl Driver {
                     return report;
                 }
                 Err(e) => {
-                    warn!("The runtime API failed ({e}); falling back to a reload.");
+                    if self.first_time("runtime", &e.to_string()) {
+                        warn!("The runtime API failed ({e}); falling back to a reload.");
+                    } else {
+                        debug!("The runtime API failed again ({e}); falling back to a reload.");
+                    }
                     report.runtime_error = Some(e.to_string());
                     how = fallback();
                 }
@@ -348,9 +357,20 @@ impl Driver {
         self.verifying = None;
         let mut report = Report::default();
         let observed = match result {
-            Ok(Ok(o)) => o,
+            Ok(Ok(o)) => {
+                report.runtime_ok = true;
+                if self.recovered("verify") {
+                    info!("HAProxy's runtime API answers again.");
+                }
+                o
+            }
             Ok(Err(e)) => {
-                warn!("Cannot check HAProxy's servers: {e}");
+                if self.first_time("verify", &e.to_string()) {
+                    warn!("Cannot check HAProxy's servers: {e}. Checked again every verify_interval; said once.");
+                } else {
+                    debug!("Still cannot check HAProxy's servers: {e}");
+                }
+                report.runtime_error = Some(e.to_string());
                 return report;
             }
             Err(e) => {
