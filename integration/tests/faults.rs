@@ -422,6 +422,58 @@ fn the_stats_socket_gone_then_back() {
     s.alive();
 }
 
+/// Something that accepts connections on the stats socket's path and never answers (a stuck
+/// HAProxy, another program on the path): each runtime command times out, changes still reach
+/// HAProxy through reloads, `/status` says why, and the log says it once.
+#[test]
+fn a_stats_socket_that_never_answers() {
+    let env = Env::new();
+    let (b1, b2, b3) = (Backend::start("b1"), Backend::start("b2"), Backend::start("b3"));
+    env.write_backends(&entries(&[&b1]));
+    let (services, extra) = (web_service(&env), runtime_lines(&env));
+    let hcfg = env.haproxy_cfg();
+    let mut s = Setup::start(env, None, hcfg, &services, &extra);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let sock = s.env.path("haproxy.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let silent = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hold = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((c, _)) = silent.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let want: std::collections::BTreeSet<String> = ["b1".into(), "b2".into()].into();
+    let t0 = Instant::now();
+    s.env.write_backends(&entries(&[&b1, &b2]));
+    assert!(wait_for(Duration::from_secs(30), || spray(s.env.frontend_port, 20).0 == want).is_some(), "{}", s.log());
+    eprintln!("a change reached HAProxy in {:?} with the stats socket silent", t0.elapsed());
+    let want: std::collections::BTreeSet<String> = ["b2".into(), "b3".into()].into();
+    let t0 = Instant::now();
+    s.env.write_backends(&entries(&[&b2, &b3]));
+    assert!(wait_for(Duration::from_secs(30), || spray(s.env.frontend_port, 20).0 == want).is_some(), "{}", s.log());
+    eprintln!("a second change reached HAProxy in {:?}", t0.elapsed());
+    // Known to fail, the socket is not tried again for each change (before, every change held
+    // the daemon's loop for two 5 s timeouts: the command, then the state saved before a reload).
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}\n{}", t0.elapsed(), s.log());
+    s.alive();
+    let status = s.status();
+    assert_eq!(status["haproxy"]["runtime_api"]["outcome"], "failed", "{status}");
+    assert!(status["haproxy"]["runtime_api"]["error"].as_str().is_some_and(|e| e.contains("no reply")), "{status}");
+    assert!(s.log_lines("Cannot check HAProxy's servers") <= 1, "{}", s.log());
+    stop.store(true, Ordering::Relaxed);
+    hold.join().unwrap();
+}
+
 /// The master and worker pids of the running HAProxy.
 fn haproxy_pids(env: &Env) -> Vec<u32> {
     let out = env.master_cli("show proc").unwrap();
