@@ -407,7 +407,8 @@ fn the_stats_socket_gone_then_back() {
     let want: std::collections::BTreeSet<String> = ["b1".into(), "b2".into()].into();
     assert!(wait_for(BOUND, || spray(s.env.frontend_port, 20).0 == want).is_some(), "{}", s.log());
     assert_eq!(s.env.reloads().unwrap(), reloads + 1, "one reload carried the change");
-    assert_eq!(s.log_lines("runtime API failed"), 1, "{}", s.log());
+    // The drift check had found the socket failing: the change went straight to the reload.
+    assert_eq!(s.log_lines("runtime API failed"), 0, "{}", s.log());
     assert!(haproxy_accepts(&s.hcfg).0);
 
     // HAProxy restarted (by its service manager): the socket is back, and used without reloads.
