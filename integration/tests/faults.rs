@@ -675,6 +675,7 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
     let hcfg = env.haproxy_cfg();
     let mut s = Setup::start(env, None, hcfg, &services, &extra);
     let mut rng = Rng::new();
+    let mut timeout_s = 10;
     let t0 = Instant::now();
     for round in 0..30 {
         if round > 0 {
@@ -690,6 +691,15 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
         members = picked[..n].iter().map(|i| (*i, 1 + rng.below(9))).collect();
         members.sort();
         s.env.write_backends(&file(&members));
+        // Every third round also a structural change (SIGHUP): a checked write and a reload
+        // are under way when the kill lands.
+        if round % 3 == 2 {
+            timeout_s = if timeout_s == 10 { 11 } else { 10 };
+            let text = std::fs::read_to_string(&s.cfg).unwrap();
+            let text = text.replace("timeout server 10s", &format!("timeout server {timeout_s}s")).replace("timeout server 11s", &format!("timeout server {timeout_s}s"));
+            std::fs::write(&s.cfg, text).unwrap();
+            s.myelin.signal("HUP");
+        }
         std::thread::sleep(Duration::from_millis(rng.below(400)));
         let _ = s.myelin.child.kill();
         let _ = s.myelin.child.wait();
@@ -701,6 +711,8 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
             let want = want_of(&members);
             let ok = wait_for(BOUND, || s.env.active_servers("web").is_ok_and(|v| v == want));
             assert!(ok.is_some(), "round {round}: HAProxy has {:?}, want {want:?}\n{}", s.env.servers("web"), s.log());
+            let line = format!("timeout server {timeout_s}s");
+            assert!(wait_for(BOUND, || s.haproxy_cfg().contains(&line)).is_some(), "round {round}: {}", s.haproxy_cfg());
             let _ = s.myelin.child.kill();
             let _ = s.myelin.child.wait();
         }
@@ -716,5 +728,6 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
     // Servers not wanted are gone once drained (drain_timeout 1 s), and the file matches.
     assert!(wait_for(BOUND, || s.env.servers("web").is_ok_and(|v| v == want)).is_some(), "{:?}", s.env.servers("web"));
     assert!(wait_for(BOUND, || { let t = s.haproxy_cfg(); t.contains("server b1 ") && t.contains("server b4 ") && t.matches("    server ").count() == 2 }).is_some(), "{}", s.haproxy_cfg());
+    assert!(s.haproxy_cfg().contains(&format!("timeout server {timeout_s}s")));
     s.alive();
 }

@@ -427,7 +427,7 @@ impl Driver {
         self.refused = None;
         self.refused_retry = None;
         if self.recovered("apply") {
-            info!("haproxy.cfg is installed again; the earlier failure is over.");
+            info!("Applying works again; the earlier failure is over.");
         }
         match (&mut self.applied, std::mem::replace(&mut self.unapplied, Scope::none())) {
             (Some(a), Scope::Services(names)) => {
