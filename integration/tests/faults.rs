@@ -594,7 +594,7 @@ fn a_registry_that_never_answers() {
     let myelin = env.start_myelin(&cfg).unwrap();
     let mut s = Setup { myelin, haproxy, mount: None, admin, cfg, hcfg, env };
     // The first apply waits for every source to sync, at most the start-up timeout (10 s).
-    assert!(wait_for(BOUND, || s.last_apply().0 != "").is_some(), "{}", s.log());
+    assert!(wait_for(BOUND, || !s.last_apply().0.is_empty()).is_some(), "{}", s.log());
     let answers = |port: u16, name: &str| get(port, "/").is_ok_and(|(c, b)| c == 200 && b == name);
     assert!(wait_for(Duration::from_secs(10), || answers(c_port, "c1")).is_some(), "{}", s.log());
     assert!(wait_for(Duration::from_secs(10), || s.status()["services"]["c"]["watcher"] == "synced").is_some(), "{}", s.status());
