@@ -19,7 +19,8 @@ use serde::Deserialize;
 pub use parse::{parse_backends, Parsed};
 pub use source::file_source;
 
-/// How long the file must stay quiet after a change before it is read.
+/// How long the file must stay quiet after a write with the file still open before it is read
+/// (a close after writing or a rename into place is read at once).
 pub const QUIET: Duration = Duration::from_millis(25);
 
 /// `method: file`.
