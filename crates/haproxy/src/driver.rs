@@ -291,7 +291,7 @@ impl Driver {
                     return report;
                 }
                 Err(e) => {
-                    self.runtime_failing = true;
+                    self.runtime_failing |= unreachable(&e);
                     if self.first_time("runtime", &e.to_string()) {
                         warn!("The runtime API failed ({e}); falling back to a reload.");
                     } else {
@@ -374,7 +374,7 @@ impl Driver {
                 o
             }
             Ok(Err(e)) => {
-                self.runtime_failing = true;
+                self.runtime_failing |= unreachable(&e);
                 if self.first_time("verify", &e.to_string()) {
                     warn!("Cannot check HAProxy's servers: {e}. Checked again every verify_interval; said once.");
                 } else {
@@ -703,7 +703,7 @@ impl Driver {
                 Err(e) => {
                     warn!("Cannot save the server state before the reload: {e}");
                     let _ = std::fs::remove_file(path);
-                    self.runtime_failing = true;
+                    self.runtime_failing |= unreachable(&e);
                 }
             }
         }
@@ -737,6 +737,12 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether a runtime API error means the socket cannot be talked to (cannot connect, no reply
+/// in time), rather than HAProxy answering a command with an error.
+fn unreachable(e: &Error) -> bool {
+    matches!(e, Error::Socket { .. })
 }
 
 /// `text` without the process ids HAProxy puts in its messages (`[ALERT]    (1234) : ...`).
