@@ -726,7 +726,10 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
     for needle in ["falling back to a reload", "Already exists", "No such server", "left draining", "Reloaded HAProxy", " ERROR "] {
         eprintln!("over the restarts, {needle:?}: {}", all_logs.lines().filter(|l| l.contains(needle)).count());
     }
-    assert_eq!(all_logs.lines().filter(|l| l.contains(" ERROR ")).count(), 0, "{all_logs}");
+    // The one error a restart may meet: HAProxy's master still re-executing for a reload the
+    // killed myelin asked for, its CLI refusing connections for a moment (retried 1 s later).
+    let unexpected: Vec<&str> = all_logs.lines().filter(|l| l.contains(" ERROR ") && !(l.contains("master.sock") && l.contains("`show proc`"))).collect();
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
     // A change while myelin is down, then a last start: HAProxy converges to the data.
     members = vec![(1, 3), (4, 7)];
     s.env.write_backends(&file(&members));
