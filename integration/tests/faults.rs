@@ -720,9 +720,11 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
         }
     }
     eprintln!("30 kill rounds in {:?}", t0.elapsed());
-    // What the restarts met, for the record: haproxy.cfg lags HAProxy by up to its coalescing
-    // delay, so a restart after a kill in that window finds HAProxy ahead of the file; its
-    // runtime commands are refused and it falls back to a reload (converging all the same).
+    // What the restarts met. haproxy.cfg lags HAProxy by up to its coalescing delay, so a
+    // restart after a kill in that window finds HAProxy ahead of the file: planned from the
+    // file, its runtime commands were refused ("Already exists", "No such server") and it fell
+    // back to a reload (10 to 12 times in 30 rounds). Planned from what HAProxy reports, none
+    // is refused but when a reload the killed myelin started is still under way.
     for needle in ["falling back to a reload", "Already exists", "No such server", "left draining", "Reloaded HAProxy", " ERROR "] {
         eprintln!("over the restarts, {needle:?}: {}", all_logs.lines().filter(|l| l.contains(needle)).count());
     }
@@ -730,6 +732,8 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
     // killed myelin asked for, its CLI refusing connections for a moment (retried 1 s later).
     let unexpected: Vec<&str> = all_logs.lines().filter(|l| l.contains(" ERROR ") && !(l.contains("master.sock") && l.contains("`show proc`"))).collect();
     assert!(unexpected.is_empty(), "{unexpected:#?}");
+    let refused: Vec<&str> = all_logs.lines().filter(|l| l.contains("Already exists")).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
     // A change while myelin is down, then a last start: HAProxy converges to the data.
     members = vec![(1, 3), (4, 7)];
     s.env.write_backends(&file(&members));
