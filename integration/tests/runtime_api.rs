@@ -186,6 +186,8 @@ fn drift_is_repaired() {
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
     let Running { env, _haproxy, myelin, .. } = running(&[&a, &b]);
+    // After the first apply (which reads what HAProxy runs, and would repair it at once).
+    assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("already up to date")).is_some(), "{}", myelin.log());
     // Someone changes a weight behind myelin's back.
     env.runtime_cli("set server web/beta weight 50").unwrap();
     assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("differ from the desired state")).is_some(), "{}", myelin.log());
