@@ -3,6 +3,7 @@
 //! rendered).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -228,7 +229,9 @@ impl Scope {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
     pub sections: Sections,
-    pub services: BTreeMap<ServiceName, DesiredService>,
+    /// Shared: the driver's record of what HAProxy runs holds the same services as the desired
+    /// state they came from, not copies.
+    pub services: BTreeMap<ServiceName, Arc<DesiredService>>,
 }
 
 impl DesiredState {
@@ -236,7 +239,7 @@ impl DesiredState {
         let services = spec
             .services
             .iter()
-            .map(|(name, s)| (name.clone(), build_service(s, store.backends(name))))
+            .map(|(name, s)| (name.clone(), Arc::new(build_service(s, store.backends(name)))))
             .collect();
         Self { sections: spec.sections.clone(), services }
     }
@@ -251,7 +254,7 @@ impl DesiredState {
                 for name in names {
                     match spec.services.get(name) {
                         Some(s) => {
-                            self.services.insert(name.clone(), build_service(s, store.backends(name)));
+                            self.services.insert(name.clone(), Arc::new(build_service(s, store.backends(name))));
                         }
                         None => {
                             self.services.remove(name);
@@ -297,6 +300,10 @@ fn build_service(spec: &ServiceSpec, discovered: BTreeMap<ServerName, Backend>) 
 /// Fill `%{host}`, `%{port}` and `%{name}` in `server_options` with validated values, which hold
 /// no whitespace, line break or `#`, so the result is still one line.
 fn substitute(options: &ConfigLine, b: &Backend, port: Port) -> ConfigLine {
+    if !options.as_str().contains("%{") {
+        // Shared by every server of the service, not copied for each.
+        return options.clone();
+    }
     let s = options
         .as_str()
         .replace("%{host}", b.host.as_str())

@@ -1,5 +1,6 @@
 //! `diff(old, new)`: what changed between two desired states, and whether HAProxy must reload.
 
+use std::sync::Arc;
 use std::collections::BTreeMap;
 
 use crate::desired::{DesiredService, DesiredState, Scope, Sections, Server};
@@ -34,7 +35,7 @@ pub struct Plan {
     pub sections: Option<Sections>,
     pub services_removed: Vec<ServiceName>,
     /// Services that are new or whose shape (frontend, backend lines, order) changed: replaced whole.
-    pub services_replaced: Vec<(ServiceName, DesiredService)>,
+    pub services_replaced: Vec<(ServiceName, Arc<DesiredService>)>,
     /// Server changes in services whose shape did not change.
     pub servers: BTreeMap<ServiceName, ServerDiff>,
 }
@@ -71,6 +72,7 @@ impl Plan {
         }
         for (name, d) in &self.servers {
             let Some(svc) = state.services.get_mut(name) else { continue };
+            let svc = Arc::make_mut(svc);
             for r in &d.removed {
                 svc.servers.remove(r);
             }
@@ -97,7 +99,10 @@ pub fn diff_scoped(old: &DesiredState, new: &DesiredState, scope: &Scope) -> Pla
     plan
 }
 
-fn service_diff(plan: &mut Plan, name: &ServiceName, o: &DesiredService, n: &DesiredService) {
+fn service_diff(plan: &mut Plan, name: &ServiceName, o: &Arc<DesiredService>, n: &Arc<DesiredService>) {
+    if Arc::ptr_eq(o, n) {
+        return;
+    }
     if o.shape == n.shape {
         let d = diff_servers(&o.servers, &n.servers);
         if !d.is_empty() {
@@ -183,7 +188,7 @@ mod tests {
                         .into_iter()
                         .map(|(n, (p, w, o))| (ServerName::parse(&n).unwrap(), server(&n, p, w, o.as_deref())))
                         .collect();
-                    (ServiceName::parse(&name).unwrap(), DesiredService { shape, servers })
+                    (ServiceName::parse(&name).unwrap(), Arc::new(DesiredService { shape, servers }))
                 })
                 .collect();
             let sections = Sections { global: global.iter().map(|g| ConfigLine::parse(g).unwrap()).collect(), ..Sections::default() };
@@ -288,7 +293,7 @@ mod tests {
                 order: BackendOrder::Asc,
             };
             let servers = servers.into_iter().map(|s| (s.name.clone(), s)).collect();
-            DesiredState { sections: Sections::default(), services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into() }
+            DesiredState { sections: Sections::default(), services: [(ServiceName::parse("web").unwrap(), Arc::new(DesiredService { shape, servers }))].into() }
         };
         let a = mk(vec![server("a", 1, None, Some("check"))], 0);
         let b = mk(vec![server("a", 1, Some(5), Some("check")), server("b", 2, None, Some("check"))], 0);

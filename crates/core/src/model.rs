@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,7 @@ const IDENT_MAX: usize = 100;
 /// and server names), 1 to 100 characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Ident(String);
+pub struct Ident(Arc<str>);
 
 impl Ident {
     pub fn parse(what: &'static str, s: &str) -> Result<Self, InvalidValue> {
@@ -51,7 +52,7 @@ impl Ident {
                 "only letters, digits, '-', '_', '.' and ':' are allowed",
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -116,13 +117,13 @@ ident_newtype!(
 /// A server address: an IP address or an RFC 1123 host name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Host(String);
+pub struct Host(Arc<str>);
 
 impl Host {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(Self(ip.to_string()));
+            return Ok(Self(ip.to_string().into()));
         }
         if s.is_empty() {
             return Err(InvalidValue::new("host", s, "must not be empty"));
@@ -141,7 +142,7 @@ impl Host {
                 return Err(InvalidValue::new("host", s, "a label may not start or end with '-'"));
             }
         }
-        Ok(Self(s.to_ascii_lowercase()))
+        Ok(Self(s.to_ascii_lowercase().into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -241,7 +242,7 @@ impl<'de> Deserialize<'de> for Weight {
 /// but a line break or a NUL, so a value can never open a section of its own.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct ConfigLine(String);
+pub struct ConfigLine(Arc<str>);
 
 impl ConfigLine {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
@@ -252,7 +253,7 @@ impl ConfigLine {
         if t.is_empty() {
             return Err(InvalidValue::new("config line", s, "must not be empty"));
         }
-        Ok(Self(t.to_owned()))
+        Ok(Self(t.into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -796,7 +796,7 @@ mod tests {
             .map(|p| Server { name: ServerName::parse(&format!("s{p}")).unwrap(), host: Host::parse("127.0.0.1").unwrap(), port: Port::new(*p).unwrap(), weight: None, options: None })
             .map(|s| (s.name.clone(), s))
             .collect();
-        DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..DesiredState::default() }
+        DesiredState { services: [(ServiceName::parse("web").unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))].into(), ..DesiredState::default() }
     }
 
     fn sh(s: &str) -> Vec<String> {

@@ -53,7 +53,7 @@ pub fn servers_by_backend(disk: &str) -> BTreeMap<String, Vec<Server>> {
 pub fn servers_on_disk(disk: &str, desired: &DesiredState) -> Option<DesiredState> {
     let mut state = desired.clone();
     for s in state.services.values_mut() {
-        s.servers.clear();
+        std::sync::Arc::make_mut(s).servers.clear();
     }
     let stripped: String = disk.lines().filter(|l| !l.starts_with("    server ")).flat_map(|l| [l, "\n"]).collect();
     if stripped != render(&state) {
@@ -68,7 +68,7 @@ pub fn servers_on_disk(disk: &str, desired: &DesiredState) -> Option<DesiredStat
         } else if !line.starts_with(' ') && !line.is_empty() {
             backend = None;
         } else if let Some(rest) = line.strip_prefix("    server ") {
-            let svc = state.services.get_mut(backend.as_ref()?)?;
+            let svc = std::sync::Arc::make_mut(state.services.get_mut(backend.as_ref()?)?);
             let server = parse_server(rest)?;
             svc.servers.insert(server.name.clone(), server);
         }

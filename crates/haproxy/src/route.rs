@@ -93,7 +93,7 @@ mod tests {
             order: BackendOrder::Asc,
         };
         let servers = servers.iter().map(|s| (s.name.clone(), s.clone())).collect();
-        DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..DesiredState::default() }
+        DesiredState { services: [(ServiceName::parse("web").unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))].into(), ..DesiredState::default() }
     }
 
     fn situation<'a>(runtime: bool, plan: Option<&'a Plan>, desired: &'a DesiredState) -> Situation<'a> {

@@ -116,7 +116,7 @@ pub fn servers_running(mut current: DesiredState, desired: &DesiredState, observ
             let options = base.and_then(|b| b.options.clone());
             servers.insert(name.clone(), Server { name, host, port, weight, options });
         }
-        svc.servers = servers;
+        std::sync::Arc::make_mut(svc).servers = servers;
     }
     current
 }
@@ -179,7 +179,7 @@ mod tests {
         let state = |servers: Vec<Server>| {
             let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
             let servers = servers.into_iter().map(|s| (s.name.clone(), s)).collect();
-            DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..Default::default() }
+            DesiredState { services: [(ServiceName::parse("web").unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))].into(), ..Default::default() }
         };
         // The file says a (weight 1) and b; HAProxy runs a (weight 4 by the runtime API), c
         // (added), b deleted half-way (maintenance); d of another backend is ignored.
@@ -201,7 +201,7 @@ mod tests {
         let server = |n: &str| Server { name: ServerName::parse(n).unwrap(), host: Host::parse("127.0.0.1").unwrap(), port: Port::new(1).unwrap(), weight: None, options: None };
         let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
         let servers = ["a", "b", "c"].map(server).into_iter().map(|s| (s.name.clone(), s)).collect();
-        let applied = DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..Default::default() };
+        let applied = DesiredState { services: [(ServiceName::parse("web").unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))].into(), ..Default::default() };
         let st = |n: &str, admin: u32| ServerState { backend: "web".into(), name: n.into(), addr: "127.0.0.1".into(), port: 1, admin_state: admin, weight: 1 };
         // a: drained and wanted; b: in maintenance (an operator's); c: drained, but myelin drains it.
         let observed = [st("a", 8), st("b", 1), st("c", 8), st("gone", 8)];

@@ -53,7 +53,7 @@ mod tests {
         };
         let servers = [server("a", 19081, 3), server("b", 1, 1)].into_iter().map(|s| (s.name.clone(), s)).collect();
         let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
-        let desired = DesiredState { services: [(ServiceName::parse("web").unwrap(), DesiredService { shape, servers })].into(), ..DesiredState::default() };
+        let desired = DesiredState { services: [(ServiceName::parse("web").unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))].into(), ..DesiredState::default() };
         let out = filter_state_file(STATE, &desired);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
