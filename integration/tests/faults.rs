@@ -506,7 +506,7 @@ fn haproxy_killed_then_started_again() {
         let _ = Command::new("kill").arg("-KILL").arg(p.to_string()).status();
     }
     let mut old = s.haproxy.take().unwrap();
-    assert!(old.wait_exit(Duration::from_secs(5)).is_none() || !old.is_running());
+    assert!(wait_for(Duration::from_secs(5), || !old.is_running()).is_some(), "HAProxy's master survived SIGKILL");
     assert!(wait_for(Duration::from_secs(5), || get(s.env.frontend_port, "/").is_err()).is_some(), "HAProxy still answers");
 
     s.env.write_backends(&entries(&[&b1, &b2]));
