@@ -14,6 +14,12 @@
 //! another host's.
 #![forbid(unsafe_code)]
 
+pub mod ready;
+mod reconcile;
+
+pub use ready::{Check, CheckKind, Mapping};
+pub use reconcile::{reconcile, AnnounceState, AnnounceStatus};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
