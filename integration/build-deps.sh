@@ -6,12 +6,5 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" != 0 ]; then
-  echo "missing: ${need[*]}; run as root or install them with apt-get" >&2
-  exit 1
-fi
-echo "installing: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+source "$(dirname "$0")/apt-install.sh"
+apt_install "${need[@]}"

@@ -9,12 +9,10 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v openssl >/dev/null || need+=(openssl)   # the engine's TLS certificates
-# --- etcd (issue 10) ---
-# etcd-client (the crate) compiles etcd's .proto files at build time: it needs protoc.
-# It also needs the well-known types (google/protobuf/*.proto), which are in libprotobuf-dev (a
-# recommendation of protobuf-compiler, so not installed with --no-install-recommends).
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+# What the build needs (protoc for etcd-client).
+"$(dirname "$0")/build-deps.sh"
+source "$(dirname "$0")/apt-install.sh"
+# --- etcd ---
 # The etcd tests' three-member cluster (integration/etcd-cluster.sh); etcdctl for its checks.
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
@@ -30,22 +28,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # --- end ZooKeeper
 if command -v busybox >/dev/null && ldd "$(command -v busybox)" >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing: ${need[*]}; run as root or install them with apt-get" >&2
-    exit 1
-  fi
-  echo "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # Packages must not start their services (docker.io's system dockerd would take the default
-  # bridge): the tests start their own.
-  made_policy=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
-  fi
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-  # --- etcd (issue 10) --- The tests run their own cluster; Debian's etcd service (2379/2380)
+  apt_install "${need[@]}"
+  # --- etcd --- The tests run their own cluster; Debian's etcd service (2379/2380)
   # would start at the next boot: disable it when this script installed it.
   if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
     systemctl disable --now etcd >/dev/null 2>&1 || true
@@ -59,10 +43,4 @@ haproxy -v | sed -n 1p   # sed reads it all: `head` could end the pipe early (SI
 sd_need=()
 command -v debootstrap >/dev/null || sd_need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || sd_need+=(systemd-container)
-if [ ${#sd_need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || { echo "missing: ${sd_need[*]}; run as root or install them with apt-get" >&2; exit 1; }
-  echo "installing: ${sd_need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${sd_need[@]}" >/dev/null
-fi
+apt_install "${sd_need[@]}"

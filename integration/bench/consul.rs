@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use myelin_integration::consul::Consul;
-use myelin_integration::bench::{poll, summary};
-use myelin_integration::{get, Backend, Env};
+use myelin_integration::bench::{poll, summary, Routed};
+use myelin_integration::{get, Backend};
 
 const ROUNDS: usize = 20;
 
@@ -22,17 +22,9 @@ fn main() -> Result<()> {
     let consul = Consul::start(1000);
     let anchor = Backend::start("anchor");
     consul.register("anchor", "web", anchor.port, &[], "passing");
-    let env = Env::new();
     let disc = format!("      method: consul\n      address: {}\n", consul.address());
-    let extra = format!("{}  drain_timeout: 1\n", env.runtime_extra());
-    let cfg = env.write_config_with(&disc, "", &extra);
-    let _haproxy = env.start_haproxy(&cfg)?;
-    let myelin = env.start_myelin(&cfg)?;
+    let Routed { env, haproxy: _haproxy, myelin, reloads: reloads0 } = Routed::start(&disc, "")?;
     let port = env.frontend_port;
-    if poll(Duration::from_secs(10), || get(port, "/").is_ok_and(|(_, b)| b == "anchor")).is_none() {
-        bail!("the anchor instance never answered: {}", myelin.log());
-    }
-    let reloads0 = env.reloads()?;
 
     let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
     let (mut routed, mut out) = (vec![], vec![]);

@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use myelin_integration::bench::{poll, summary};
+use myelin_integration::bench::{poll, summary, Routed};
 use myelin_integration::etcd::Cluster;
-use myelin_integration::{free_port, get, Backend, Env};
+use myelin_integration::{free_port, get, Backend};
 
 const ROUNDS: usize = 20;
 const BURST: usize = 1000;
@@ -38,18 +38,10 @@ fn main() -> Result<()> {
     let anchor = Backend::start("anchor");
     etcd.put(&format!("{prefix}/anchor"), &nerve("anchor", anchor.port))?;
 
-    let env = Env::new();
     let admin = free_port();
     let discovery = format!("      method: etcd\n      endpoints: {}\n      path: {prefix}\n", cluster.yaml_endpoints());
-    let extra = format!("{}  drain_timeout: 1\nadmin:\n  bind: {admin}\n", env.runtime_extra());
-    let cfg = env.write_config_with(&discovery, "", &extra);
-    let _haproxy = env.start_haproxy(&cfg)?;
-    let myelin = env.start_myelin(&cfg)?;
+    let Routed { env, haproxy: _haproxy, myelin, reloads: reloads0 } = Routed::start(&discovery, &format!("admin:\n  bind: {admin}\n"))?;
     let port = env.frontend_port;
-    if poll(Duration::from_secs(10), || get(port, "/").is_ok_and(|(_, b)| b == "anchor")).is_none() {
-        bail!("the anchor never answered: {}", myelin.log());
-    }
-    let reloads0 = env.reloads()?;
 
     // Rounds: one new instance in, the previous one out.
     let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use myelin_integration::zookeeper::{self, nerve, server_name, unique_path, Registrar};
-use myelin_integration::bench::{poll, summary};
-use myelin_integration::{get, Backend, Env};
+use myelin_integration::bench::{poll, summary, Routed};
+use myelin_integration::{get, Backend};
 use myelin_source::Update;
 use myelin_watch_zookeeper::{Format, Mode, Settings, ZookeeperSource};
 
@@ -41,17 +41,9 @@ fn changes(zk: &str) -> Result<()> {
     let anchor = Backend::start("anchor");
     reg.register(&path, "anchor_", &nerve("anchor", anchor.port))?;
 
-    let env = Env::new();
     let discovery = format!("      method: zookeeper\n      hosts: [\"{zk}\"]\n      path: {path}\n");
-    let extra = format!("{}  drain_timeout: 1\n", env.runtime_extra());
-    let cfg = env.write_config_with(&discovery, "", &extra);
-    let _haproxy = env.start_haproxy(&cfg)?;
-    let myelin = env.start_myelin(&cfg)?;
+    let Routed { env, haproxy: _haproxy, myelin, reloads } = Routed::start(&discovery, "")?;
     let port = env.frontend_port;
-    if poll(Duration::from_secs(10), || get(port, "/").is_ok_and(|(_, b)| b == "anchor")).is_none() {
-        bail!("the anchor never answered: {}", myelin.log());
-    }
-    let reloads = env.reloads()?;
 
     let rounds = env_usize("BENCH_ROUNDS", ROUNDS);
     let (mut routed, mut unrouted) = (vec![], vec![]);

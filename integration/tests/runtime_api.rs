@@ -178,7 +178,9 @@ fn a_failing_runtime_api_falls_back_to_a_reload() {
     env.write_backends(&entries(&[&a, &b, &c], &[1, 1, 1]));
     assert!(wait_for(Duration::from_secs(10), || spray(env.frontend_port, 9).0.contains("gamma")).is_some(), "{}", myelin.log());
     assert_eq!(env.reloads().unwrap() - before, 2, "{}", myelin.log());
-    assert_eq!(myelin.log().matches("falling back to a reload").count(), 2);
+    // Known to fail, the socket is not tried again at the next change (each try of a socket
+    // that hangs would hold the loop for its timeout): that change goes straight to a reload.
+    assert_eq!(myelin.log().matches("falling back to a reload").count(), 1);
     let (seen, failed) = spray(env.frontend_port, 12);
     assert_eq!((seen.len(), failed), (3, 0));
 }
@@ -188,6 +190,8 @@ fn drift_is_repaired() {
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
     let Running { env, _haproxy, myelin, .. } = running(&[&a, &b]);
+    // After the first apply (which reads what HAProxy runs, and would repair it at once).
+    assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("already up to date")).is_some(), "{}", myelin.log());
     // Someone changes a weight behind myelin's back.
     env.runtime_cli("set server web/beta weight 50").unwrap();
     assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("differ from the desired state")).is_some(), "{}", myelin.log());

@@ -66,6 +66,10 @@ pub struct HaproxyStatus {
     pub last_apply: Option<Outcome>,
     /// The last reload of HAProxy (through the master CLI when configured, else `reload_command`).
     pub last_reload: Option<Outcome>,
+    /// HAProxy's runtime API (the stats socket), when it is used: `ok` since it last answered,
+    /// or `failed` with why since it last failed (a command, a drift check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_api: Option<Outcome>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -185,6 +189,9 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
     let _ = writeln!(out, "haproxy  {}", s.haproxy.config_file_path);
     let _ = writeln!(out, "  last apply:  {}", outcome_text(&s.haproxy.last_apply, now));
     let _ = writeln!(out, "  last reload: {}", outcome_text(&s.haproxy.last_reload, now));
+    if s.haproxy.runtime_api.is_some() {
+        let _ = writeln!(out, "  runtime API: {}", outcome_text(&s.haproxy.runtime_api, now));
+    }
     if let Some(f) = &s.file_output {
         let _ = writeln!(out, "file_output {}  last write: {}", f.directory, outcome_text(&f.last_write, now));
     }
@@ -305,7 +312,7 @@ mod tests {
                 path: "/etc/myelin/myelin.yaml".into(),
                 last_reload: Some(Outcome { at: timestamp(t0), outcome: "invalid".into(), error: Some("line 3: bad".into()) }),
             },
-            haproxy: HaproxyStatus { config_file_path: "/etc/haproxy/haproxy.cfg".into(), last_apply: None, last_reload: None },
+            haproxy: HaproxyStatus { config_file_path: "/etc/haproxy/haproxy.cfg".into(), last_apply: None, last_reload: None, runtime_api: None },
             file_output: None,
             services,
             announce_as: Some("host-a".into()),

@@ -106,12 +106,12 @@ fn cap(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
 }
 
 /// A path from the config, taken relative to the config file's directory.
+/// `p` taken from the config file's directory, made absolute: a config given as a relative
+/// path (`myelin run -c myelin.yaml`) has an empty parent, and HAProxy reads a relative
+/// `stats socket` path as an address, not a file.
 pub(crate) fn resolve(config_file: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        config_file.parent().unwrap_or(Path::new(".")).join(p)
-    }
+    let joined = if p.is_absolute() { p.to_path_buf() } else { config_file.parent().unwrap_or(Path::new(".")).join(p) };
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 /// A `service_conf_dir` file: its path, the service's name, its positions and its settings.
@@ -207,5 +207,19 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
             };
             Err(vec![ConfigError { file: file.into(), line, column, path, message: with_hint(&message) }])
         }
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_absolute_even_from_a_relative_config_file() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(resolve(Path::new("myelin.yaml"), Path::new("stats.sock")), cwd.join("stats.sock"));
+        assert_eq!(resolve(Path::new("etc/myelin.yaml"), Path::new("run/stats.sock")), cwd.join("etc/run/stats.sock"));
+        assert_eq!(resolve(Path::new("/etc/myelin/myelin.yaml"), Path::new("/run/a.sock")), Path::new("/run/a.sock"));
+        assert_eq!(resolve(Path::new("/etc/myelin/myelin.yaml"), Path::new("a.sock")), Path::new("/etc/myelin/a.sock"));
     }
 }

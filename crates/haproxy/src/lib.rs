@@ -25,7 +25,7 @@ pub use render::{render, Renderer};
 pub use master::{parse_show_proc, Master, Processes};
 pub use ops::{runtime_ops, Op};
 pub use runtime::{commands_of, remove_commands, state_command, update_commands, Command, Runtime};
-pub use servers::{drift, parse_servers_state, parse_stat_sessions, stuck_draining, ServerState, ADMIN_FORCED_DRAIN};
+pub use servers::{drift, parse_servers_state, parse_stat_sessions, servers_running, stuck_draining, ServerState, ADMIN_FORCED_DRAIN};
 pub use state_file::filter_state_file;
 pub use writer::{write_atomic, InstallOutcome, Writer};
 

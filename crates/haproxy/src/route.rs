@@ -21,8 +21,8 @@ pub enum Reload {
 /// How to bring HAProxy to the desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// The desired state is the one HAProxy refused last: nothing is tried until it changes
-    /// (or the configuration is reloaded).
+    /// The desired state is the one HAProxy refused last, and its next check is not due yet:
+    /// nothing is tried until then, until it changes, or until the configuration is reloaded.
     Skip,
     /// Runtime API commands (no reload), then the file brought in step.
     Runtime(Vec<Op>),
@@ -37,7 +37,7 @@ pub struct Situation<'a> {
     pub runtime: bool,
     /// A reload is owed from before.
     pub reload_pending: bool,
-    /// The desired state equals the last one refused.
+    /// The desired state equals the last one refused, and checking it again is not due yet.
     pub refused: bool,
     /// The plan from what HAProxy runs to the desired state; `None` when what runs is unknown.
     pub plan: Option<&'a Plan>,

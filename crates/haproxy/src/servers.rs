@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use myelin_core::{BackendName, DesiredState, ServerName};
+use myelin_core::{BackendName, DesiredState, Host, Port, Server, ServerName, Weight};
 
 use crate::ops::weight_of;
 
@@ -87,6 +87,40 @@ pub fn stuck_draining(applied: &DesiredState, observed: &[ServerState], draining
     out
 }
 
+/// Admin states of a server in maintenance (forced, inherited, from the configuration, from DNS
+/// resolution, from a hostname lookup): not taking traffic, and not counted as running.
+const ADMIN_MAINT: u32 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40;
+
+/// At start-up, `current` (what the haproxy.cfg on disk says HAProxy runs) with the servers
+/// HAProxy reports instead: the file lags the runtime API by its coalescing delay, so after a
+/// SIGKILL HAProxy can be ahead of it, and a plan from the file would send commands HAProxy
+/// refuses ("Already exists", "No such server"). A server keeps the options (and the unset
+/// weight) of its line on disk, else of `desired`'s server of that name; servers in maintenance
+/// (deleted half-way) count as absent. Backends HAProxy does not list are left as the file says.
+pub fn servers_running(mut current: DesiredState, desired: &DesiredState, observed: &[ServerState]) -> DesiredState {
+    let mut by_backend: BTreeMap<&str, Vec<&ServerState>> = BTreeMap::new();
+    for o in observed {
+        by_backend.entry(o.backend.as_str()).or_default().push(o);
+    }
+    for (service, svc) in current.services.iter_mut() {
+        let Some(seen) = by_backend.get(svc.shape.backend_name.as_str()) else { continue };
+        let wanted = desired.services.get(service);
+        let mut servers = BTreeMap::new();
+        for o in seen.iter().filter(|o| o.admin_state & ADMIN_MAINT == 0) {
+            let (Ok(name), Ok(host), Ok(port)) = (ServerName::parse(&o.name), Host::parse(&o.addr), Port::new(o.port)) else { continue };
+            let base = svc.servers.get(&name).or_else(|| wanted.and_then(|w| w.servers.get(&name)));
+            let weight = match base {
+                Some(b) if weight_of(b) == o.weight => b.weight,
+                _ => Weight::parse(&o.weight.to_string()).ok(),
+            };
+            let options = base.and_then(|b| b.options.clone());
+            servers.insert(name.clone(), Server { name, host, port, weight, options });
+        }
+        std::sync::Arc::make_mut(svc).servers = servers;
+    }
+    current
+}
+
 /// Differences between what HAProxy runs and `applied` (servers being drained excepted): a
 /// description of each, empty when they agree. Only membership, address, port and weight are
 /// compared; an operator's maintenance or drain is not undone. `observed` is indexed by backend
@@ -130,6 +164,36 @@ mod tests {
 
 
     const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 web 1 a 127.0.0.1 2 0 10 10 2 8 2 0 6 0 0 0 - 19081 - 0 0 - - 0\n3 web 2 b 127.0.0.1 0 1 5 5 1 1 0 0 2 0 0 0 - 19082 - 0 0 - - 0\n\n";
+
+    #[test]
+    fn haproxy_ahead_of_the_file_is_what_runs() {
+        use myelin_core::{diff, BackendOrder, ConfigLine, DesiredService, ServiceName, ServiceShape};
+        let opts = ConfigLine::parse("check inter 1s").ok();
+        let server = |n: &str, port: u16, w: Option<u16>| Server {
+            name: ServerName::parse(n).unwrap(),
+            host: Host::parse("127.0.0.1").unwrap(),
+            port: Port::new(port).unwrap(),
+            weight: w.map(|w| Weight::parse(&w.to_string()).unwrap()),
+            options: opts.clone(),
+        };
+        let state = |servers: Vec<Server>| {
+            let shape = ServiceShape { frontend: None, backend_name: BackendName::parse("web").unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
+            let servers = servers.into_iter().map(|s| (s.name.clone(), s)).collect();
+            DesiredState { services: [(ServiceName::parse("web").unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))].into(), ..Default::default() }
+        };
+        // The file says a (weight 1) and b; HAProxy runs a (weight 4 by the runtime API), c
+        // (added), b deleted half-way (maintenance); d of another backend is ignored.
+        let disk = state(vec![server("a", 1, None), server("b", 2, None)]);
+        let desired = state(vec![server("a", 1, Some(4)), server("c", 3, Some(2)), server("e", 5, None)]);
+        let st = |be: &str, name: &str, port: u16, admin: u32, weight: u16| ServerState { backend: be.into(), name: name.into(), addr: "127.0.0.1".into(), port, admin_state: admin, weight };
+        let observed = [st("web", "a", 1, 0, 4), st("web", "b", 2, 0x01, 1), st("web", "c", 3, 0, 2), st("api", "d", 9, 0, 1)];
+        let running = servers_running(disk, &desired, &observed);
+        assert_eq!(running.services.values().next().unwrap().servers.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        // Only e is left to do: no command HAProxy would refuse.
+        let plan = diff(&running, &desired);
+        assert_eq!(plan.server_counts(), (1, 0, 0));
+        assert!(!plan.reload_required());
+    }
 
     #[test]
     fn finds_servers_stuck_in_a_drain() {

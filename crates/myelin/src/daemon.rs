@@ -123,10 +123,15 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             _ = sleep_until(tick), if tick.is_some() => {
                 let report = d.driver.tick().await;
                 d.obs.runtime_commands(report.runtime_commands, false);
+                d.obs.runtime_api(&report);
+                if let Some(outcome) = &report.outcome {
+                    d.obs.file_written(outcome);
+                }
             }
             Some(result) = async { match d.driver.verifying() { Some(h) => Some(h.await), None => None } } => {
                 let report = d.driver.verified(result).await;
                 d.obs.runtime_commands(report.runtime_commands, false);
+                d.obs.runtime_api(&report);
             }
             _ = sleep_until(state_due), if state_due.is_some() => d.write_state_file(),
             _ = d.obs.tick() => {}

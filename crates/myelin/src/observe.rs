@@ -117,6 +117,7 @@ pub struct Observer {
     haproxy_path: String,
     last_apply: Option<Outcome>,
     last_reload: Option<Outcome>,
+    runtime_api: Option<Outcome>,
     /// Services whose last apply failed: they show the next outcome whatever it touches.
     failed: std::collections::BTreeSet<ServiceName>,
     started_at: String,
@@ -161,6 +162,7 @@ impl Observer {
             haproxy_path: String::new(),
             last_apply: None,
             last_reload: None,
+            runtime_api: None,
             failed: Default::default(),
             started_at: timestamp(SystemTime::now()),
             first_change: None,
@@ -297,6 +299,7 @@ impl Observer {
     /// (verified through the master CLI when there is one).
     pub fn applied(&mut self, desired: &DesiredState, store: &Store, scope: &Scope, report: &Report) {
         self.runtime_commands(report.runtime_commands, report.runtime_error.is_some());
+        self.runtime_api(report);
         if let Some(result) = &report.reload {
             self.reloaded(result.clone());
         }
@@ -361,6 +364,32 @@ impl Observer {
             Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), word(outcome), first_line(&e)),
         };
         self.notifier.send(&[NotifyState::Status(&status)]);
+    }
+
+    /// What a driver report says of HAProxy's runtime API: shown when that changes (failing,
+    /// failing differently, answering again).
+    pub fn runtime_api(&mut self, report: &Report) {
+        let now = match (&report.runtime_error, report.runtime_ok || report.runtime_commands > 0) {
+            (Some(e), _) => Outcome::now("failed", Some(e.clone())),
+            (None, true) => Outcome::now("ok", None),
+            (None, false) => return,
+        };
+        if self.runtime_api.as_ref().is_some_and(|o| o.outcome == now.outcome && o.error == now.error) {
+            return;
+        }
+        self.runtime_api = Some(now);
+        self.publish();
+    }
+
+    /// haproxy.cfg was brought in step with what the runtime API made HAProxy run, or could
+    /// not be: shown as the last apply when it failed, and when it works again.
+    pub fn file_written(&mut self, outcome: &HaOutcome) {
+        let was_failed = self.last_apply.as_ref().is_some_and(|o| !o.is_ok());
+        if outcome.is_ok() && !was_failed {
+            return;
+        }
+        self.last_apply = Some(Outcome::now(word(outcome), error_of(outcome)));
+        self.publish();
     }
 
     /// Commands went to HAProxy's runtime API: `ok` of them succeeded, and one more failed when
@@ -493,6 +522,7 @@ impl Observer {
                 config_file_path: self.haproxy_path.clone(),
                 last_apply: self.last_apply.clone(),
                 last_reload: self.last_reload.clone(),
+                runtime_api: self.runtime_api.clone(),
             },
             file_output: self
                 .file_output
