@@ -14,6 +14,8 @@
 //! another host's.
 #![forbid(unsafe_code)]
 
+mod registration;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 pub use myelin_core::ServiceName;
 pub use myelin_source::Cause;
+pub use registration::Registration;
 
 /// The longest owner or instance id accepted (registries limit key and id lengths).
 pub const MAX_ID_LEN: usize = 200;
