@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+mod client;
 pub mod payload;
 mod settings;
 mod source;
