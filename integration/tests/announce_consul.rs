@@ -22,7 +22,7 @@ fn registry(c: &Consul, owner: &str, extra: &str) -> ConsulRegistry {
     let yaml = format!("{{address: '{}', {extra}}}", c.address());
     let a: ConsulAnnounce = serde_yaml_ng::from_str(&yaml).unwrap();
     assert!(a.check().is_empty(), "{:?}", a.check());
-    a.registry(Owner::new(owner).unwrap(), &cx()).unwrap()
+    a.registry(Owner::new(owner).unwrap(), &cx()).ok().unwrap()
 }
 
 fn instance(owner: &str, container: &str, port: u16, weight: Option<u16>) -> Instance {
@@ -164,7 +164,7 @@ async fn the_token_and_an_unreachable_agent() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let a: ConsulAnnounce = serde_yaml_ng::from_str(&format!("{{address: 'http://127.0.0.1:{port}'}}")).unwrap();
-    let mut gone = a.registry(Owner::new("host-a").unwrap(), &cx()).unwrap();
+    let mut gone = a.registry(Owner::new("host-a").unwrap(), &cx()).ok().unwrap();
     let e = gone.connect().await.unwrap_err();
     assert!(matches!(e, AnnounceError::Unreachable { .. }), "{}", e.report());
 }

@@ -178,12 +178,16 @@ impl ConsulAnnounce {
     /// The registry for `owner`'s instances of the service `cx.service` (paths taken from the
     /// config file's directory; the agent's address and token from the environment where the
     /// settings leave them out).
-    pub fn registry(&self, owner: Owner, cx: &Context) -> Result<ConsulRegistry, String> {
+    pub fn registry(&self, owner: Owner, cx: &Context) -> Result<ConsulRegistry, Vec<SettingsProblem>> {
+        let problems = self.check();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let mut conn = self.as_discovery();
         for p in [&mut conn.ca_file, &mut conn.cert_file, &mut conn.key_file, &mut conn.token_file].into_iter().flatten() {
             *p = cx.resolve(p);
         }
-        let endpoint = conn.endpoint(&Env::from_process())?;
+        let endpoint = conn.endpoint(&Env::from_process()).map_err(|e| vec![SettingsProblem::new("address", e)])?;
         let service = self.service.clone().unwrap_or_else(|| cx.service.to_string());
         let target = format!("consul {} service {service:?}", endpoint.base.as_str().trim_end_matches('/'));
         let mut tags = self.tags.clone();
@@ -348,7 +352,7 @@ pub struct ConsulRegistry {
 }
 
 impl ConsulRegistry {
-    fn from_source(&self, e: SourceError) -> AnnounceError {
+    fn source_error(&self, e: SourceError) -> AnnounceError {
         match e {
             SourceError::Unreachable { cause, .. } => AnnounceError::Unreachable { target: self.target.clone(), cause },
             SourceError::Failed { what, cause, .. } => AnnounceError::Failed { target: self.target.clone(), what, cause },
@@ -400,7 +404,7 @@ impl Registry for ConsulRegistry {
     async fn connect(&mut self) -> Result<BTreeSet<InstanceId>, AnnounceError> {
         self.agent = None;
         self.published.clear();
-        let agent = Agent::connect(&self.endpoint, &self.target).await.map_err(|e| self.from_source(e))?;
+        let agent = Agent::connect(&self.endpoint, &self.target).await.map_err(|e| self.source_error(e))?;
         self.agent = Some(agent);
         let (status, body) = self.call(reqwest::Method::GET, &["v1", "agent", "services"], None).await?;
         if !status.is_success() {
@@ -494,7 +498,7 @@ mod tests {
     #[test]
     fn the_registry_takes_its_name_and_paths_from_the_service() {
         let cx = Context { service: "web".parse().unwrap(), config_file: "/etc/myelin/myelin.yaml".into() };
-        let r = parse("{address: 'http://127.0.0.1:8500', token_file: tok}").unwrap().registry(Owner::new("h").unwrap(), &cx).unwrap();
+        let r = parse("{address: 'http://127.0.0.1:8500', token_file: tok}").unwrap().registry(Owner::new("h").unwrap(), &cx).ok().unwrap();
         assert_eq!(r.target(), "consul http://127.0.0.1:8500 service \"web\"");
         assert_eq!(r.endpoint.token, crate::TokenFrom::File("/etc/myelin/tok".into()));
         assert_eq!((r.keepalive_every(), r.expiry()), (Duration::from_secs_f64(10.0 / 3.0), Duration::from_secs(10)));
