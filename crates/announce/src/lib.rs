@@ -14,7 +14,12 @@
 //! another host's.
 #![forbid(unsafe_code)]
 
+pub mod ready;
+mod reconcile;
 mod registration;
+
+pub use ready::{Check, CheckKind, Mapping};
+pub use reconcile::{reconcile, AnnounceState, AnnounceStatus};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -12,6 +12,7 @@
 //! (`SourceError::Entry`, naming the key) and skipped; the rest is routed.
 #![forbid(unsafe_code)]
 
+pub mod announce;
 mod instances;
 pub mod registration;
 mod source;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use myelin_source::{Context, LabelFilter, Number, Partition, Seconds, SettingsProblem, SourceConfig};
 use serde::Deserialize;
 
+pub use announce::{EtcdAnnounce, EtcdRegistry};
 pub use instances::{Instances, Rejected};
 pub use registration::{Registration, RegistrationError};
 pub use source::EtcdSource;

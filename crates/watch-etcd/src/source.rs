@@ -21,6 +21,35 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// 20,000 instances).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// How to connect to a member (timeouts, HTTP/2 pings, credentials, TLS).
+pub(crate) fn connect_options(s: &Settings) -> Result<ConnectOptions, SourceError> {
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(s.timeout)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(false)
+        // A member without a leader fails reads and ends watches ("no leader"), so myelin
+        // moves to a member that is part of the quorum.
+        .with_require_leader(true)
+        .with_auto_token_refresh(true);
+    if let Some((user, password)) = &s.user {
+        o = o.with_user(user.clone(), password.0.clone());
+    }
+    if let Some(t) = &s.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| SourceError::failed_with("etcd", "TLS settings", FileError { path: p.display().to_string(), source }))
+        };
+        let mut tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca_file)?));
+        if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+        }
+        if let Some(name) = &t.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        o = o.with_tls(tls);
+    }
+    Ok(o)
+}
+
 /// The source of one service's prefix. Each [`open`](Self::open) is one connection; the source
 /// remembers across openings which member to try first and the highest revision it has seen.
 #[derive(Debug, Clone)]
@@ -78,14 +107,14 @@ impl From<Closed> for End {
     }
 }
 
-fn origin(ep: &Endpoint) -> String {
+pub(crate) fn origin(ep: &Endpoint) -> String {
     format!("etcd {ep}")
 }
 
 /// A failure of a request to a member, as a [`SourceError`]: a member that cannot be reached
 /// (or has no leader) is `Unreachable`; one that refuses (authentication, permission) is
 /// `Failed` with what it said.
-fn classify(ep: &Endpoint, what: &str, e: etcd_client::Error) -> SourceError {
+pub(crate) fn classify(ep: &Endpoint, what: &str, e: etcd_client::Error) -> SourceError {
     use etcd_client::Error as E;
     use tonic::Code;
     let unreachable = |text: String| SourceError::Unreachable { origin: origin(ep), cause: Cause::msg(text) };
@@ -138,7 +167,7 @@ fn is_auth(message: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 #[error("no answer within {0:?}")]
-struct TimedOut(Duration);
+pub(crate) struct TimedOut(pub(crate) Duration);
 
 #[derive(Debug, thiserror::Error)]
 #[error("reading {path}: {source}")]
@@ -164,32 +193,7 @@ impl Run {
     }
 
     fn options(&self) -> Result<ConnectOptions, SourceError> {
-        let s = &self.settings;
-        let mut o = ConnectOptions::new()
-            .with_connect_timeout(s.timeout)
-            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(false)
-            // A member without a leader fails reads and ends watches ("no leader"), so myelin
-            // moves to a member that is part of the quorum.
-            .with_require_leader(true)
-            .with_auto_token_refresh(true);
-        if let Some((user, password)) = &s.user {
-            o = o.with_user(user.clone(), password.0.clone());
-        }
-        if let Some(t) = &s.tls {
-            let read = |p: &std::path::Path| {
-                std::fs::read(p).map_err(|source| SourceError::failed_with("etcd", "TLS settings", FileError { path: p.display().to_string(), source }))
-            };
-            let mut tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca_file)?));
-            if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
-                tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
-            }
-            if let Some(name) = &t.server_name {
-                tls = tls.domain_name(name.clone());
-            }
-            o = o.with_tls(tls);
-        }
-        Ok(o)
+        connect_options(&self.settings)
     }
 
     /// Connect to the first member that answers a read of the prefix, starting with the one
