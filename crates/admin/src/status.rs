@@ -22,6 +22,28 @@ pub struct Snapshot {
     pub file_output: Option<FileOutputStatus>,
     /// Shared with the daemon: a snapshot re-uses the entries of services that did not change.
     pub services: BTreeMap<String, std::sync::Arc<ServiceStatus>>,
+    /// This host's name in registries, when it announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_as: Option<String>,
+    /// What this host announces, by service: where, how it goes, which ids.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub announce: BTreeMap<String, AnnounceStatus>,
+}
+
+/// One service's announcing (its reconcile loop).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// The registry: its kind, members and path.
+    pub target: String,
+    /// `connecting`, `announcing`, `failing` (reconnecting with backoff) or `stopped`.
+    pub state: String,
+    /// The last failure, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The instance ids this host holds in the registry.
+    pub published: Vec<String>,
+    /// Seconds other hosts keep seeing them if this host dies without withdrawing them.
+    pub expiry_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,6 +230,18 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
             let _ = writeln!(out, "\n{name}: last apply failed: {e}");
         }
     }
+    if !s.announce.is_empty() {
+        let _ = writeln!(out, "\nannouncing as {}:", s.announce_as.as_deref().unwrap_or("-"));
+        for (name, a) in &s.announce {
+            let _ = writeln!(out, "  {name}  {}  to {}  ({} published; expiry {}s)", a.state, a.target, a.published.len(), a.expiry_seconds);
+            if let Some(e) = &a.error {
+                let _ = writeln!(out, "    error: {e}");
+            }
+            for id in &a.published {
+                let _ = writeln!(out, "    {id}");
+            }
+        }
+    }
     for (name, svc) in &s.services {
         if svc.backends.is_empty() {
             continue;
@@ -268,6 +302,17 @@ mod tests {
             haproxy: HaproxyStatus { config_file_path: "/etc/haproxy/haproxy.cfg".into(), last_apply: None, last_reload: None },
             file_output: None,
             services,
+            announce_as: Some("host-a".into()),
+            announce: BTreeMap::from([(
+                "web".to_owned(),
+                AnnounceStatus {
+                    target: "etcd http://127.0.0.1:2379 /services/web".into(),
+                    state: "failing".into(),
+                    error: Some("etcd http://127.0.0.1:2379 is unreachable: connection refused".into()),
+                    published: vec!["host-a_web-1_8000".into()],
+                    expiry_seconds: 10.0,
+                },
+            )]),
         }
     }
 
@@ -293,5 +338,6 @@ mod tests {
         assert_eq!(rows[0].find("WATCHER"), rows[1].find("disconnected"));
         assert!(t.contains("api: last discovery problem: cannot read x: gone"), "{t}");
         assert!(t.contains("  a  127.0.0.1:8080  weight 5"), "{t}");
+        assert!(t.contains("announcing as host-a:\n  web  failing  to etcd http://127.0.0.1:2379 /services/web  (1 published; expiry 10s)\n    error: etcd http://127.0.0.1:2379 is unreachable: connection refused\n    host-a_web-1_8000\n"), "{t}");
     }
 }

@@ -44,7 +44,7 @@ pub enum Discovery {
 pub(crate) const PATH_MARK: char = '\u{1}';
 
 /// Deserialize a kind's settings, keeping the key path of an error in its message.
-fn with_path<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+pub(crate) fn with_path<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     serde_path_to_error::deserialize(d).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

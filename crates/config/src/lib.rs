@@ -3,6 +3,7 @@
 //! file, line, column and key path, and validation into the [`myelin_core::Spec`] HAProxy needs.
 #![forbid(unsafe_code)]
 
+mod announce;
 mod discovery;
 mod error;
 mod interpolate;
@@ -13,11 +14,12 @@ mod schema;
 mod tagged;
 mod validate;
 
+pub use announce::{AnnounceConfig, AnnounceTo, CheckConfig, CheckType};
 pub use error::{ConfigError, Notice};
 pub use load::{load, load_str, load_with};
 pub use tagged::{tagged_services, ConsulServicesConfig, TemplateHaproxy};
 pub use schema::*;
-pub use validate::{Command, HaproxySettings, Loaded, ServiceRuntime};
+pub use validate::{Announce, Command, HaproxySettings, Loaded, ServiceRuntime};
 
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// myelin's own: every Consul service carrying a tag becomes a service, from a template.
     pub consul_services: Option<crate::tagged::ConsulServicesConfig>,
+    /// myelin's own: this host's name in registries when it announces (default: the host name).
+    pub announce_as: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -85,6 +87,8 @@ pub struct ServiceConfig {
     pub backend_port_override: Option<Number>,
     /// Synapse's leader election: read, not supported yet.
     pub leader_election: Option<bool>,
+    /// myelin's own: publish this host's containers of the service to a registry.
+    pub announce: Option<crate::announce::AnnounceConfig>,
 }
 
 fn yes() -> bool {

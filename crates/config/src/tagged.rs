@@ -82,6 +82,7 @@ pub fn tagged_services(t: &ConsulServicesConfig, catalog: &Catalog, configured: 
                         use_previous_backends: t.use_previous_backends,
                         backend_port_override: None,
                         leader_election: None,
+                        announce: None,
                     };
                     out.insert(name.clone(), svc);
                     None

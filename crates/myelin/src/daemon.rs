@@ -18,6 +18,7 @@ use myelin_watch_consul::catalog::Catalog;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::announcers::Announcers;
 use crate::observe::Observer;
 use crate::watchers::Watchers;
 use crate::{commands, statefile};
@@ -26,6 +27,9 @@ use crate::{commands, statefile};
 const STARTUP_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// myelin's state file (a cache for restarts) is written at most this often.
 const STATE_FILE_EVERY: Duration = Duration::from_secs(1);
+/// At SIGTERM/SIGINT, withdrawing what this host announces may take this long at the most; the
+/// registries expire whatever is left (lease, TTL, session).
+const WITHDRAW_BOUND: Duration = Duration::from_secs(5);
 
 struct Daemon {
     path: PathBuf,
@@ -35,6 +39,8 @@ struct Daemon {
     tx: mpsc::Sender<Event>,
     rx: mpsc::Receiver<Event>,
     watchers: Watchers,
+    /// What this host announces (services with `announce`).
+    announcers: Announcers,
     /// The desired state, kept up to date service by service.
     desired: DesiredState,
     /// What changed in the store since the last apply.
@@ -69,6 +75,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         tx,
         rx,
         watchers: Watchers::default(),
+        announcers: Announcers::default(),
         desired: DesiredState::default(),
         changed: Scope::All,
         started: false,
@@ -87,6 +94,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     for name in services {
         d.watchers.start(&d.loaded, &name, &d.tx);
     }
+    d.announcers.start_all(&d.loaded);
+    d.obs.announcing(d.announcers.statuses());
     info!(
         services = d.loaded.services.len(),
         config = %d.loaded.haproxy.config_file_path.display(),
@@ -121,9 +130,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             }
             _ = sleep_until(state_due), if state_due.is_some() => d.write_state_file(),
             _ = d.obs.tick() => {}
+            () = d.announcers.changed() => d.obs.announcing(d.announcers.statuses()),
         }
     }
     d.obs.stopping();
+    // Other hosts drain this host's instances while they still serve.
+    d.announcers.stop_all(WITHDRAW_BOUND).await;
     d.watchers.stop_all();
     if let Some(t) = d.catalog_task.take() {
         t.abort();
@@ -329,7 +341,9 @@ impl Daemon {
             self.watchers.start(&self.loaded, name, &self.tx);
         }
         self.changed = Scope::All;
+        self.announcers.reconfigure(&self.loaded);
         self.obs.configure(&self.loaded, &restarted);
+        self.obs.announcing(self.announcers.statuses());
         if follow {
             self.follow_catalog();
         }

@@ -1,6 +1,7 @@
 //! The `myelin` binary: command line, logging and wiring. The work is done in the library crates.
 #![forbid(unsafe_code)]
 
+mod announcers;
 mod commands;
 mod daemon;
 mod logwriter;

@@ -124,6 +124,9 @@ pub struct Observer {
     unpublished: bool,
     file_output: Option<FileOutput>,
     file_output_last: Option<Outcome>,
+    /// What this host announces (`announce_as`, and each service's loop).
+    announce_as: Option<String>,
+    announce: BTreeMap<String, myelin_admin::AnnounceStatus>,
 }
 
 impl Drop for Observer {
@@ -159,6 +162,8 @@ impl Observer {
             unpublished: true,
             file_output: None,
             file_output_last: None,
+            announce_as: None,
+            announce: BTreeMap::new(),
         };
         if let Some(addr) = loaded.admin {
             o.start_admin(addr).context("starting the admin listener (`admin.bind`)")?;
@@ -203,6 +208,7 @@ impl Observer {
                 t.last_error = None;
             }
         }
+        self.announce_as = loaded.owner.as_ref().map(ToString::to_string);
         self.config_path = loaded.file.display().to_string();
         self.haproxy_path = loaded.haproxy.config_file_path.display().to_string();
         if self.file_output.as_ref().map(|f| &f.dir) != loaded.file_output.as_ref() {
@@ -414,6 +420,14 @@ impl Observer {
         }
     }
 
+    /// The announcers' statuses changed.
+    pub fn announcing(&mut self, statuses: BTreeMap<String, myelin_admin::AnnounceStatus>) {
+        if statuses != self.announce {
+            self.announce = statuses;
+            self.publish();
+        }
+    }
+
     pub fn stopping(&self) {
         self.notifier.send(&[NotifyState::Stopping, NotifyState::Status("Stopping; HAProxy keeps the last installed config")]);
     }
@@ -450,6 +464,8 @@ impl Observer {
                 .as_ref()
                 .map(|f| FileOutputStatus { directory: f.dir.display().to_string(), last_write: self.file_output_last.clone() }),
             services,
+            announce_as: self.announce_as.clone(),
+            announce: self.announce.clone(),
         };
         self.tx.send_replace(Arc::new(snap));
     }

@@ -10,6 +10,7 @@
 //! - `context`: the positions, errors and notices carried along.
 
 mod admin;
+mod announce;
 mod context;
 mod discovery;
 mod haproxy;
@@ -71,6 +72,30 @@ pub struct HaproxySettings {
 pub struct ServiceRuntime {
     pub discovery: Discovery,
     pub store: StoreOptions,
+    /// What this host announces for the service, if anything.
+    pub announce: Option<Announce>,
+}
+
+/// A service's `announce` section, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announce {
+    /// Which containers of this host's engine (the Docker discovery's settings, no `servers`).
+    pub containers: myelin_watch_docker::DockerConfig,
+    /// The address announced for published ports; `None`: each container's own address.
+    pub address: Option<std::net::IpAddr>,
+    pub check: Option<myelin_announce::Check>,
+    pub to: crate::announce::AnnounceTo,
+}
+
+impl Announce {
+    /// How this host's records become instances.
+    pub fn mapping(&self, owner: &myelin_announce::Owner) -> myelin_announce::Mapping {
+        myelin_announce::Mapping {
+            owner: owner.clone(),
+            address: self.address,
+            container_port: self.containers.container_port.and_then(|p| u16::try_from(p.0).ok()),
+        }
+    }
 }
 
 /// A loaded, validated configuration.
@@ -88,6 +113,9 @@ pub struct Loaded {
     pub notices: Vec<Notice>,
     /// `consul_services`: the template of the services made from tagged Consul services.
     pub consul_services: Option<crate::tagged::ConsulServicesConfig>,
+    /// This host's name in registries (`announce_as`, else the host name), when a service
+    /// announces.
+    pub owner: Option<myelin_announce::Owner>,
 }
 
 impl Loaded {
@@ -112,10 +140,15 @@ pub(crate) fn validate(file: &Path, config: Config, positions: Positions) -> Res
     let file_output = admin::file_output(&mut cx, file, &config);
     let admin = admin::admin(&mut cx, &config);
     discovery::consul_services(&mut cx, &config);
+    let owner = if services.values().any(|s| s.announce.is_some()) || config.announce_as.is_some() {
+        announce::owner(&mut cx, config.announce_as.as_deref())
+    } else {
+        None
+    };
 
     if cx.errors.is_empty() {
         let consul_services = config.consul_services.clone();
-        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices, consul_services })
+        Ok(Loaded { file: file.into(), spec: Spec { sections, services: specs }, services, haproxy, file_output, admin, notices: cx.notices, consul_services, owner })
     } else {
         Err(cx.errors)
     }

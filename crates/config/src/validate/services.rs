@@ -47,9 +47,10 @@ pub(super) fn services(
         if svc.leader_election.is_some() {
             cx.not_supported(&path.key("leader_election"), "leader_election");
         }
+        let announce = svc.announce.as_ref().and_then(|a| super::announce::announce(cx, &path.key("announce"), a, &svc.discovery));
         runtimes.insert(
             sname.clone(),
-            ServiceRuntime { discovery: svc.discovery.clone(), store: StoreOptions { use_previous_backends: svc.use_previous_backends } },
+            ServiceRuntime { discovery: svc.discovery.clone(), store: StoreOptions { use_previous_backends: svc.use_previous_backends }, announce },
         );
         specs.insert(sname, spec);
     }
