@@ -61,6 +61,8 @@ impl Announcers {
         ));
         let started = match &announce.to {
             AnnounceTo::Etcd(e) => e.registry(owner.clone(), &cx).map(|r| spawn_loop(r, drx, previous)),
+            AnnounceTo::Consul(c) => c.registry(owner.clone(), &cx).map(|r| spawn_loop(r, drx, previous)),
+            AnnounceTo::Zookeeper(z) => z.registry(owner.clone(), &cx).map(|r| spawn_loop(r, drx, previous)),
         };
         let (stop, task, status) = match started {
             Ok(s) => s,

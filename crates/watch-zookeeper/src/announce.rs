@@ -59,7 +59,7 @@ pub struct ZookeeperAnnounce {
 }
 
 /// Why a ZooKeeper discovery does not make a default for announcing.
-pub const NOT_NERVE: &str = "the discovery decodes `serverset` nodes, and myelin announces Nerve's JSON: give `announce.to`";
+pub const NOT_NERVE: &str = "this service's ZooKeeper discovery decodes `serverset` nodes, and myelin announces Nerve's JSON";
 
 impl ZookeeperAnnounce {
     fn from_parts(hosts: &[String], path: &str, decode: Option<&DecodeConfig>) -> Result<Self, &'static str> {
