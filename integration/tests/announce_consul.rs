@@ -168,3 +168,99 @@ async fn the_token_and_an_unreachable_agent() {
     let e = gone.connect().await.unwrap_err();
     assert!(matches!(e, AnnounceError::Unreachable { .. }), "{}", e.report());
 }
+
+// ---- End to end: two hosts (each a private Docker engine, its own myelin and HAProxy; see
+// `myelin_integration::fleet`), both discovering `web` from the Consul test double, host A
+// announcing its containers there. The double stands for the Consul cluster: here both hosts'
+// "local agent" is the same one.
+
+mod e2e {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use myelin_integration::consul::Consul;
+    use myelin_integration::fleet::{until, Host, HostEngine};
+    use myelin_integration::{get, load_loop};
+
+    const BOUND: Duration = Duration::from_secs(5);
+    /// Host A's check TTL (seconds): the bound after which B drops a killed A's instances.
+    const TTL: u64 = 2;
+
+    fn consul_ids(c: &Consul, owner: &str) -> BTreeSet<String> {
+        c.service_ids().into_iter().filter(|id| id.starts_with(&format!("{owner}_"))).collect()
+    }
+
+    #[test]
+    fn a_container_on_a_is_routed_by_b_drained_before_it_dies_and_expires_after_the_ttl() {
+        let c = Consul::start(1);
+        let discovery = format!("method: consul\naddress: '{}'\nwait: 5\n", c.address());
+        let label = format!("consul-e2e-{}", std::process::id());
+        // A announces with an explicit `to` (a short TTL); B with the default (its discovery's).
+        let to_a = format!("method: consul\naddress: '{}'\nttl: {TTL}\n", c.address());
+        let mut a = Host::start_with("host-a", HostEngine::a().unwrap(), &discovery, Some(&to_a), &label).unwrap();
+        let b = Host::start_with("host-b", HostEngine::b().unwrap(), &discovery, None, &label).unwrap();
+        let logs = |a: &Host, b: &Host| format!("--- A:\n{}\n--- B:\n{}", a.log(), b.log());
+
+        let on_b = b.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
+        let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
+        let both: BTreeSet<u16> = [on_a.port, on_b.port].into();
+        assert!(until(BOUND, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
+        assert!(until(BOUND, || get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
+        let id_a = format!("host-a_{}_8000", on_a.name);
+        let reg = c.agent_service(&id_a).unwrap();
+        assert_eq!((reg["Meta"]["myelin_owner"].as_str(), reg["Port"].as_u64(), reg["Address"].as_str()), (Some("host-a"), Some(u64::from(on_a.port)), Some("127.0.0.1")), "{reg}");
+        assert_eq!(consul_ids(&c, "host-b"), [format!("host-b_{}_8000", on_b.name)].into());
+        let st = a.status();
+        assert!(st.to_string().contains(&id_a), "A's /status does not show what it announces: {st}");
+
+        // `docker stop` on A under ~50 requests/s through B: none fails, B drains it first.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = load_loop(b.port(), Duration::from_millis(20), 2_000, Duration::from_secs(30), stop.clone());
+        std::thread::sleep(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let stopper = {
+            let (id, engine) = (on_a.id.clone(), on_a.engine);
+            std::thread::spawn(move || (engine.docker(&["stop", "-t", "3", &id]), Instant::now()))
+        };
+        let out = until(BOUND, || !b.routed().contains(&on_a.port)).then(Instant::now);
+        let (stopped, died) = stopper.join().unwrap();
+        stopped.unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (n, failed, why) = load.join().unwrap();
+        let out = out.unwrap_or_else(|| panic!("B still routes the stopped container: {:?}\n{}", b.servers(), logs(&a, &b)));
+        eprintln!("B took it out of rotation {:?} after `docker stop` started; it died {:?} after; {n} requests, {failed} failed", out - t0, died - t0);
+        assert!(out < died, "B drained it only after it died");
+        assert_eq!(failed, 0, "failed requests through B: {why:?}\n{}", logs(&a, &b));
+        assert!(n >= 100, "only {n} requests were sent");
+        assert!(consul_ids(&c, "host-a").is_empty(), "{:?}", c.service_ids());
+
+        // A's myelin killed: the registration stays, its check turns critical after the TTL,
+        // and B drops it then.
+        let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
+        let id_a = format!("host-a_{}_8000", on_a.name);
+        assert!(until(BOUND, || b.routed().contains(&on_a.port)), "{}", logs(&a, &b));
+        a.kill_myelin().unwrap();
+        let t0 = Instant::now();
+        let gone = until(Duration::from_secs(TTL + 4), || !b.routed().contains(&on_a.port));
+        let took = t0.elapsed();
+        assert!(gone, "B still routes A's instance {took:?} after the kill\n{}", logs(&a, &b));
+        eprintln!("B dropped A's instance {took:?} after A's myelin was killed (ttl {TTL} s)");
+        assert!(took <= Duration::from_secs(TTL + 2), "later than the TTL: {took:?}");
+        assert_eq!(c.check_status(&format!("service:{id_a}")).as_deref(), Some("critical"));
+
+        // Restarted: the same registration passes again, routed by B, no duplicates.
+        a.start_myelin().unwrap();
+        let want: BTreeSet<u16> = [on_a.port, on_b.port].into();
+        assert!(until(BOUND, || b.routed() == want && a.routed() == want), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
+        assert_eq!(consul_ids(&c, "host-a"), [id_a.clone()].into());
+        assert_eq!(b.servers().len(), 2, "B's servers: {:?}", b.servers());
+
+        // A clean stop withdraws: gone from Consul and from B at once, not after the TTL.
+        a.stop_myelin().unwrap();
+        assert!(consul_ids(&c, "host-a").is_empty(), "{:?}", c.service_ids());
+        assert!(until(BOUND, || b.routed() == [on_b.port].into()), "{:?}\n{}", b.routed(), logs(&a, &b));
+    }
+}
