@@ -197,3 +197,101 @@ async fn zookeeper_down_then_back() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(children(&client(&zk).await).await, ["host-a_web_1_8080"]);
 }
+
+// ---- End to end: two hosts (each a private Docker engine, its own myelin and HAProxy; see
+// `myelin_integration::fleet`), both discovering `web` from this binary's ZooKeeper and
+// announcing their containers there (the default `to`: the discovery's ensemble and path).
+
+mod e2e {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use myelin_integration::fleet::{until, Host, HostEngine};
+    use myelin_integration::zookeeper::PrivateZk;
+    use myelin_integration::{get, load_loop};
+
+    const BOUND: Duration = Duration::from_secs(5);
+    /// Host A's session timeout (seconds): the bound after which B drops a killed A's instances.
+    const SESSION: u64 = 2;
+
+    #[test]
+    fn a_container_on_a_is_routed_by_b_drained_before_it_dies_and_expires_with_the_session() {
+        let zk = PrivateZk::start().unwrap();
+        let path = "/services/web";
+        let discovery = format!("method: zookeeper\nhosts: ['{}']\npath: {path}\n", zk.address());
+        let label = format!("zk-e2e-{}", std::process::id());
+        let to_a = format!("method: zookeeper\nhosts: ['{}']\npath: {path}\nsession_timeout: {SESSION}\n", zk.address());
+        let mut a = Host::start_with("host-a", HostEngine::a().unwrap(), &discovery, Some(&to_a), &label).unwrap();
+        let b = Host::start_with("host-b", HostEngine::b().unwrap(), &discovery, None, &label).unwrap();
+        let logs = |a: &Host, b: &Host| format!("--- A:\n{}\n--- B:\n{}", a.log(), b.log());
+
+        let on_b = b.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
+        let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
+        let both: BTreeSet<u16> = [on_a.port, on_b.port].into();
+        assert!(until(BOUND, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
+        assert!(until(BOUND, || get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
+        let st = a.status();
+        assert!(st.to_string().contains(&format!("host-a_{}_8000", on_a.name)), "A's /status does not show what it announces: {st}");
+
+        // `docker stop` on A under ~50 requests/s through B: none fails, B drains it first.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = load_loop(b.port(), Duration::from_millis(20), 2_000, Duration::from_secs(30), stop.clone());
+        std::thread::sleep(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let stopper = {
+            let (id, engine) = (on_a.id.clone(), on_a.engine);
+            std::thread::spawn(move || (engine.docker(&["stop", "-t", "3", &id]), Instant::now()))
+        };
+        let out = until(BOUND, || !b.routed().contains(&on_a.port)).then(Instant::now);
+        let (stopped, died) = stopper.join().unwrap();
+        stopped.unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (n, failed, why) = load.join().unwrap();
+        let out = out.unwrap_or_else(|| panic!("B still routes the stopped container: {:?}\n{}", b.servers(), logs(&a, &b)));
+        eprintln!("B took it out of rotation {:?} after `docker stop` started; it died {:?} after; {n} requests, {failed} failed", out - t0, died - t0);
+        assert!(out < died, "B drained it only after it died");
+        assert_eq!(failed, 0, "failed requests through B: {why:?}\n{}", logs(&a, &b));
+        assert!(n >= 100, "only {n} requests were sent");
+
+        // A's myelin killed: its node stays until its session expires, then B drops it.
+        let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
+        let want: BTreeSet<u16> = [on_a.port, on_b.port].into();
+        assert!(until(BOUND, || b.routed() == want), "{}", logs(&a, &b));
+        a.kill_myelin().unwrap();
+        let t0 = Instant::now();
+        let gone = until(Duration::from_secs(SESSION + 5), || !b.routed().contains(&on_a.port));
+        let took = t0.elapsed();
+        assert!(gone, "B still routes A's instance {took:?} after the kill\n{}", logs(&a, &b));
+        eprintln!("B dropped A's instance {took:?} after A's myelin was killed (session timeout {SESSION} s)");
+        assert!(took <= Duration::from_secs(SESSION + 2), "later than the session timeout: {took:?}");
+
+        // Restarted: routed by B again, no duplicates.
+        a.start_myelin().unwrap();
+        assert!(until(BOUND, || b.routed() == want && a.routed() == want), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
+        assert_eq!(b.servers().len(), 2, "B's servers: {:?}", b.servers());
+
+        // Killed and restarted at once: the new session takes the node over; B never stops
+        // routing it, and the old session expiring later takes nothing with it.
+        a.kill_myelin().unwrap();
+        a.start_myelin().unwrap();
+        let t0 = Instant::now();
+        let mut lost = Vec::new();
+        while t0.elapsed() < Duration::from_secs(SESSION + 3) {
+            if !b.routed().contains(&on_a.port) {
+                lost.push(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(lost.is_empty(), "B stopped routing A's instance during a quick restart at {lost:?}\n{}", logs(&a, &b));
+        assert_eq!(b.servers().len(), 2, "B's servers: {:?}", b.servers());
+
+        // A clean stop withdraws at once.
+        let t0 = Instant::now();
+        a.stop_myelin().unwrap();
+        assert!(until(BOUND, || b.routed() == [on_b.port].into()), "{:?}\n{}", b.routed(), logs(&a, &b));
+        assert!(t0.elapsed() < Duration::from_secs(SESSION), "withdrawn only after {:?}", t0.elapsed());
+    }
+}
