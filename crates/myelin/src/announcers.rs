@@ -32,6 +32,24 @@ impl Running {
         self.follow.abort();
         self.task
     }
+
+    /// Stop without withdrawing: the loop that replaces it on the same registry adopts its
+    /// entries (as after a restart), so other hosts see no gap.
+    fn hand_over(self) -> JoinHandle<()> {
+        self.follow.abort();
+        self.task.abort();
+        self.task
+    }
+}
+
+/// The registry an announcer publishes to (its `target`), to tell whether a new one replaces
+/// it on the same registry.
+fn target(loaded: &Loaded, name: &ServiceName) -> Option<String> {
+    let announce = loaded.services.get(name)?.announce.as_ref()?;
+    let owner = loaded.owner.clone()?;
+    match &announce.to {
+        AnnounceTo::Etcd(e) => e.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
+    }
 }
 
 #[derive(Default)]
@@ -85,17 +103,19 @@ impl Announcers {
         }
     }
 
-    /// After a SIGHUP: announcers whose settings changed (or that are gone) withdraw and stop;
-    /// new or changed ones start (a changed one once the old one has withdrawn).
+    /// After a SIGHUP: announcers whose settings did not change keep running. A changed one on
+    /// the same registry (same owner, members and path) hands over to its replacement, which
+    /// adopts its entries; one that is gone or moves to another registry withdraws first.
     pub fn reconfigure(&mut self, loaded: &Loaded) {
         let names: Vec<ServiceName> = self.running.keys().cloned().collect();
         let mut previous = BTreeMap::new();
         for name in names {
-            let same = loaded.services.get(&name).and_then(|s| s.announce.as_ref()) == self.running.get(&name).map(|r| &r.announce)
-                && loaded.owner.as_ref() == self.running.get(&name).map(|r| &r.owner);
+            let r = self.running.get(&name).expect("listed");
+            let same = loaded.services.get(&name).and_then(|s| s.announce.as_ref()) == Some(&r.announce) && loaded.owner.as_ref() == Some(&r.owner);
             if !same {
+                let same_registry = loaded.owner.as_ref() == Some(&r.owner) && target(loaded, &name).as_deref() == Some(r.last.target.as_str());
                 let r = self.running.remove(&name).expect("listed");
-                previous.insert(name, r.stop());
+                previous.insert(name, if same_registry { r.hand_over() } else { r.stop() });
             }
         }
         for name in loaded.services.keys() {

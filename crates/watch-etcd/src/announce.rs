@@ -141,9 +141,9 @@ impl EtcdRegistry {
     async fn request<T>(
         &mut self,
         what: &str,
+        timeout: Duration,
         f: impl for<'c> FnOnce(&'c mut Conn) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'c>>,
     ) -> Result<T, AnnounceError> {
-        let timeout = self.settings.timeout;
         let Some(conn) = self.conn.as_mut() else {
             return Err(AnnounceError::Failed { target: self.target(), what: "not connected".into(), cause: None });
         };
@@ -236,7 +236,7 @@ impl Registry for EtcdRegistry {
     async fn publish(&mut self, instance: &Instance) -> Result<(), AnnounceError> {
         let key = self.key(&instance.id);
         let value = registration(instance).to_json();
-        self.request("publishing", move |c| {
+        self.request("publishing", self.settings.timeout, move |c| {
             let opts = PutOptions::new().with_lease(c.lease);
             Box::pin(async move { c.client.put(key, value, Some(opts)).await.map(|_| ()) })
         })
@@ -245,12 +245,15 @@ impl Registry for EtcdRegistry {
 
     async fn withdraw(&mut self, id: &InstanceId) -> Result<(), AnnounceError> {
         let key = self.key(id);
-        self.request("withdrawing", move |c| Box::pin(async move { c.client.delete(key, None).await.map(|_| ()) })).await
+        self.request("withdrawing", self.settings.timeout, move |c| Box::pin(async move { c.client.delete(key, None).await.map(|_| ()) })).await
     }
 
     async fn keepalive(&mut self) -> Result<(), AnnounceError> {
+        // A member that stopped answering is left in time to move to another before the lease
+        // expires: a keep-alive waits a third of the TTL at most.
+        let bound = self.settings.timeout.min(self.keepalive_every());
         let ttl = self
-            .request("keeping the lease alive", |c| {
+            .request("keeping the lease alive", bound, |c| {
                 Box::pin(async move {
                     c.keeper.keep_alive().await?;
                     Ok(c.responses.message().await?.map(|r| r.ttl()))
