@@ -49,6 +49,8 @@ fn target(loaded: &Loaded, name: &ServiceName) -> Option<String> {
     let owner = loaded.owner.clone()?;
     match &announce.to {
         AnnounceTo::Etcd(e) => e.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
+        AnnounceTo::Consul(c) => c.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
+        AnnounceTo::Zookeeper(z) => z.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
     }
 }
 
