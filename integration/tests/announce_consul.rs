@@ -169,6 +169,52 @@ async fn the_token_and_an_unreachable_agent() {
     assert!(matches!(e, AnnounceError::Unreachable { .. }), "{}", e.report());
 }
 
+/// The reconcile loop on the Consul backend: the agent loses a registration (404 on the next
+/// check pass) and the loop registers it again; the agent restarts (connections closed, its
+/// registrations kept) and the loop goes on; at stop everything is deregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_loop_keeps_the_agent_true() {
+    use std::sync::Arc;
+
+    use myelin_announce::{reconcile, AnnounceState, AnnounceStatus, Desired};
+    use tokio::sync::watch;
+
+    let c = Consul::start(10);
+    let r = registry(&c, "host-a", "ttl: 1");
+    let one = instance("host-a", "web_1", 9001, None);
+    let desired: Option<Desired> = Some(Arc::new([(one.id.clone(), one.clone())].into()));
+    let (_dtx, drx) = watch::channel(desired);
+    let (stx, mut status) = watch::channel(AnnounceStatus::new(&r));
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(reconcile(r, drx, stx, async move {
+        let _ = stop_rx.await;
+    }));
+    let until = |c: &Consul, what: &str, f: &dyn Fn(&Consul) -> bool| {
+        let t0 = Instant::now();
+        while !f(c) {
+            assert!(t0.elapsed() < Duration::from_secs(8), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until(&c, "never routed", &|c| routed(c).len() == 1);
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.state == AnnounceState::Announcing && s.published.len() == 1)).await.unwrap().unwrap();
+
+    // The agent loses it (e.g. restarted without its data): registered again.
+    c.deregister(one.id.as_str());
+    assert!(routed(&c).is_empty());
+    until(&c, "not registered again", &|c| routed(c).len() == 1);
+
+    // The agent restarts (its registrations kept): still passing two TTLs later.
+    let c = tokio::task::spawn_blocking(move || c.restart(20)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(routed(&c).len(), 1, "{:?}", status.borrow());
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    assert!(c.service_ids().is_empty(), "{:?}", c.service_ids());
+    assert_eq!(status.borrow().state, AnnounceState::Stopped);
+}
+
 // ---- End to end: two hosts (each a private Docker engine, its own myelin and HAProxy; see
 // `myelin_integration::fleet`), both discovering `web` from the Consul test double, host A
 // announcing its containers there. The double stands for the Consul cluster: here both hosts'
