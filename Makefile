@@ -35,11 +35,12 @@ test-deb: deb
 test-systemd: test-deps deb
 	packaging/test-systemd.sh $(DEB_DIR)/myelin_*.deb
 
-# Installs what the tests need (HAProxy, Docker, ...), starts a private Docker engine, builds,
+# Installs what the tests need (HAProxy, Docker, ...), starts the private Docker engines (two: the
+# many-hosts tests run one per "host"), builds,
 # and runs every test: unit, property and end-to-end (the real binary against real HAProxy and
 # a real Docker engine, on 127.0.0.1), then the Debian package's install/remove/purge test and
 # the package under a booted systemd.
-# The engine is stopped afterwards, pass or fail.
+# The engines (and the etcd cluster) are stopped afterwards, pass or fail.
 test: test-deps docker-engine etcd-cluster
 	$(CARGO) build -p myelin
 	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; $(ENGINE_B) integration/docker-engine.sh stop; integration/etcd-cluster.sh stop; integration/zookeeper.sh stop; exit $$status

@@ -31,8 +31,11 @@ fn main() -> Result<()> {
     for round in 0..rounds {
         let direct = free_port();
         let c = fleet.a.engine.run(&fleet.label, &format!("127.0.0.1:{direct}:8000"), &[])?;
-        // `run` also asked the engine for the published port and name: time from there.
-        let ran = Instant::now();
+        let ran = c.started;
+        if std::env::var_os("BENCH_LOG").is_some() {
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("bench: round {round} docker run returned {:?} ago at unix {}.{:09}", ran.elapsed(), wall.as_secs(), wall.subsec_nanos());
+        }
         let id = c.id.clone();
         let ready = std::thread::spawn(move || poll(Duration::from_secs(10), || get(direct, "/").is_ok_and(|(s, b)| s == 200 && b.trim() == id)));
         let at = poll(Duration::from_secs(10), || get(fleet.b.port(), "/").is_ok_and(|(_, b)| b.trim() == c.id))
@@ -43,6 +46,10 @@ fn main() -> Result<()> {
 
         let (engine, id, port) = (c.engine, c.id.clone(), c.port);
         let t0 = Instant::now();
+        if std::env::var_os("BENCH_LOG").is_some() {
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("bench: round {round} docker stop started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
+        }
         let stopper = std::thread::spawn(move || engine.docker(&["stop", "-t", "3", &id]));
         let out =
             poll(Duration::from_secs(10), || !fleet.b.routed().contains(&port)).with_context(|| format!("round {round}: never withdrawn from B:\n{}", fleet.logs()))?;
@@ -50,6 +57,9 @@ fn main() -> Result<()> {
         stopper.join().unwrap()?;
         drop(c);
         eprintln!("round {:2}: routed by B {:?} after run, out of B's rotation {:?} after stop", round + 1, at - ran, out - t0);
+    }
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprintln!("{}", fleet.logs());
     }
     println!("\nmyelin many-hosts benchmark: {rounds} rounds, host A's engine -> A's myelin -> etcd (3 members) -> B's myelin -> B's HAProxy (runtime API)");
     summary("docker run on A -> routed by B", routed);

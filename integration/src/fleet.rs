@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -87,17 +87,20 @@ impl HostEngine {
     }
 
     /// `docker run -d -l myelin.test=<label> -p <publish> <extra> local/nodeapp`, removed (with
-    /// `-f`) when dropped. `publish` is `127.0.0.1::8000` (a random loopback port) or
-    /// `127.0.0.1:<port>:8000`.
+    /// `-f`) when dropped. `publish` is `127.0.0.1::8000` (a random loopback port, asked from the
+    /// engine afterwards) or `127.0.0.1:<port>:8000` (returns as soon as `docker run` does).
     pub fn run(&'static self, label: &str, publish: &str, extra: &[&str]) -> Result<Container> {
         let label = format!("myelin.test={label}");
         let mut args = vec!["run", "-d", "-p", publish, "-l", &label];
         args.extend_from_slice(extra);
         args.push("local/nodeapp");
         let id: String = self.docker(&args)?.chars().take(12).collect();
-        let mut c = Container { engine: self, id, port: 0, name: String::new() };
-        c.port = c.published()?;
-        c.name = self.docker(&["inspect", "-f", "{{.Name}}", &c.id])?.trim_start_matches('/').to_owned();
+        let started = Instant::now();
+        let given = publish.split(':').nth(1).and_then(|p| p.parse().ok());
+        let mut c = Container { engine: self, id, port: given.unwrap_or(0), started };
+        if given.is_none() {
+            c.port = c.published()?;
+        }
         Ok(c)
     }
 }
@@ -109,7 +112,8 @@ pub struct Container {
     pub id: String,
     /// The loopback port published for 8000: the port announced for it.
     pub port: u16,
-    pub name: String,
+    /// When `docker run` returned.
+    pub started: Instant,
 }
 
 impl Container {
@@ -117,6 +121,11 @@ impl Container {
         let out = self.engine.docker(&["port", &self.id, "8000/tcp"])?;
         let first = out.lines().next().context("no published port")?;
         Ok(first.rsplit(':').next().context("no port")?.parse()?)
+    }
+
+    /// The container's name (what its instance id holds).
+    pub fn name(&self) -> Result<String> {
+        Ok(self.engine.docker(&["inspect", "-f", "{{.Name}}", &self.id])?.trim_start_matches('/').to_owned())
     }
 
     /// `docker stop -t <secs>` (blocks until the container is down).
@@ -194,7 +203,11 @@ impl Host {
             self.restarts += 1;
             let _ = std::fs::rename(self.env.path("myelin.log"), self.env.path(&format!("myelin.log.{}", self.restarts)));
         }
-        self.myelin = Some(self.env.start_myelin(&self.config)?);
+        // `MYELIN_FLEET_LOG` (a tracing filter) replaces the default log level, e.g. to time a
+        // benchmark's steps from both hosts' logs.
+        let log = std::env::var("MYELIN_FLEET_LOG").ok();
+        let vars: Vec<(&str, &str)> = log.as_deref().map(|l| ("MYELIN_LOG", l)).into_iter().collect();
+        self.myelin = Some(self.env.start_myelin_env(&self.config, &vars)?);
         Ok(())
     }
 

@@ -143,9 +143,17 @@ fn the_reconcile_loop_against_etcd() -> Result<()> {
     })
 }
 
-/// `read` from a synchronous test.
+/// `read` from a synchronous test; a read that fails (a leader election after another test
+/// killed a member) is tried again rather than taken for no keys.
 fn keys(prefix: &str) -> BTreeMap<String, (String, i64)> {
-    runtime().block_on(read(Cluster::get(), prefix)).unwrap_or_default()
+    let rt = runtime();
+    for _ in 0..20 {
+        if let Ok(k) = rt.block_on(read(Cluster::get(), prefix)) {
+            return k;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("etcd cannot be read")
 }
 
 #[test]
@@ -176,8 +184,10 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     let key = format!("{p}/{owner}_{name}_8000");
     assert!(wait_for(bound, || keys(&p).contains_key(&key)).is_some(), "not announced: {:?}\n{}", keys(&p), myelin.log());
     let value = keys(&p)[&key].0.clone();
-    assert!(value.starts_with(&format!(r#"{{"host":"127.0.0.1","port":{},"name":"{name}""#, c1.port().unwrap())), "{value}");
-    assert!(wait_for(bound, || env.routable_servers().unwrap_or_default().contains(&name)).is_some(), "{}", myelin.log());
+    // Named by its instance id: the same container name on another host stays another server.
+    let server = format!("{owner}_{name}_8000");
+    assert!(value.starts_with(&format!(r#"{{"host":"127.0.0.1","port":{},"name":"{server}""#, c1.port().unwrap())), "{value}");
+    assert!(wait_for(bound, || env.routable_servers().unwrap_or_default().contains(&server)).is_some(), "{}", myelin.log());
     assert!(wait_for(bound, || get(env.frontend_port, "/").is_ok_and(|(c, b)| c == 200 && b.trim() == c1.id)).is_some());
     let (_, status) = get(admin, "/status").unwrap();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -185,6 +195,8 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     assert_eq!(status["announce"]["web"]["state"], "announcing", "{status}");
     assert_eq!(status["announce"]["web"]["published"][0], format!("{owner}_{name}_8000"), "{status}");
     assert_eq!(status["announce"]["web"]["expiry_seconds"], 3.0);
+    let (_, metrics) = get(admin, "/metrics").unwrap();
+    assert!(metrics.contains("myelin_announced{service=\"web\"} 1") && metrics.contains("myelin_announce_failing{service=\"web\"} 0"), "{metrics}");
     let (code, table, _) = env.myelin_once(&["status", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(table.contains(&format!("announcing as {owner}:")) && table.contains("web  announcing  to etcd"), "{table}");

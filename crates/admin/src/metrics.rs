@@ -26,6 +26,8 @@ pub struct Metrics {
     runtime_commands: Family<Labels, Counter>,
     update_to_apply: Histogram,
     ready: Gauge,
+    announced: Family<Labels, Gauge>,
+    announce_failing: Family<Labels, Gauge>,
 }
 
 fn service(s: &str) -> Labels {
@@ -52,6 +54,8 @@ impl Metrics {
             // 1 ms to ~65 s.
             update_to_apply: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)),
             ready: Gauge::default(),
+            announced: Family::default(),
+            announce_failing: Family::default(),
         };
         registry.register("build", "myelin's version", Info::new(vec![("version", version.to_owned())]));
         registry.register("ready", "1 once every service's discovery has synced at least once", m.ready.clone());
@@ -63,6 +67,8 @@ impl Metrics {
         registry.register("haproxy_reloads", "HAProxy reloads (through the master CLI when configured, else reload_command), by outcome", m.reloads.clone());
         registry.register("config_reloads", "Configuration reloads (SIGHUP), by outcome", m.config_reloads.clone());
         registry.register("haproxy_runtime_commands", "Commands sent to HAProxy's runtime API, by outcome", m.runtime_commands.clone());
+        registry.register("announced", "Instances this host holds in a registry, per announcing service", m.announced.clone());
+        registry.register("announce_failing", "1 while a service's registry fails (reconnecting with backoff), per announcing service", m.announce_failing.clone());
         registry.register_with_unit(
             "update_to_apply",
             "Time from a discovery change to the install of the haproxy.cfg that carries it",
@@ -97,6 +103,17 @@ impl Metrics {
             f.remove(&service(s));
         }
         self.backends.remove(&service(s));
+    }
+
+    /// The announcing services now, each with its published count and whether it is failing;
+    /// services left out are removed.
+    pub fn set_announce(&self, services: &[(&str, usize, bool)]) {
+        self.announced.clear();
+        self.announce_failing.clear();
+        for (s, n, failing) in services {
+            self.announced.get_or_create(&service(s)).set(i64::try_from(*n).unwrap_or(i64::MAX));
+            self.announce_failing.get_or_create(&service(s)).set(i64::from(*failing));
+        }
     }
 
     pub fn set_backends(&self, s: &str, n: usize) {
@@ -187,6 +204,11 @@ mod tests {
         assert_eq!(value(&t, "myelin_update_to_apply_seconds_bucket{le=\"0.002\"}"), Some(0.0), "{t}");
         assert_eq!(value(&t, "myelin_ready"), Some(1.0), "{t}");
 
+        m.set_announce(&[("web", 2, false), ("api", 0, true)]);
+        let t = m.encode();
+        assert_eq!(value(&t, "myelin_announced{service=\"web\"}"), Some(2.0), "{t}");
+        assert_eq!(value(&t, "myelin_announce_failing{service=\"api\"}"), Some(1.0), "{t}");
+        m.set_announce(&[]);
         m.service_removed("web");
         assert!(!m.encode().contains("service=\"web\""));
     }

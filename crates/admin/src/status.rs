@@ -35,7 +35,8 @@ pub struct Snapshot {
 pub struct AnnounceStatus {
     /// The registry: its kind, members and path.
     pub target: String,
-    /// `connecting`, `announcing`, `failing` (reconnecting with backoff) or `stopped`.
+    /// `waiting` (for this host's engine), `connecting`, `announcing`, `failing` (reconnecting
+    /// with backoff) or `stopped`.
     pub state: String,
     /// The last failure, while failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]

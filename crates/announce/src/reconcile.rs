@@ -18,6 +18,8 @@ use crate::{AnnounceError, Desired, Instance, InstanceId, Registry};
 /// Where a reconcile loop stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnnounceState {
+    /// The desired set is not known yet (this host's engine has not been read).
+    Waiting,
     /// Not connected yet (the first attempt is under way).
     Connecting,
     /// Connected: the registry holds the desired set (or is being brought to it).
@@ -32,6 +34,7 @@ pub enum AnnounceState {
 impl AnnounceState {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Waiting => "waiting",
             Self::Connecting => "connecting",
             Self::Announcing => "announcing",
             Self::Failing => "failing",
@@ -56,7 +59,7 @@ pub struct AnnounceStatus {
 
 impl AnnounceStatus {
     pub fn new<R: Registry>(registry: &R) -> Self {
-        Self { target: registry.target(), state: AnnounceState::Connecting, error: None, published: Vec::new(), expiry: registry.expiry() }
+        Self { target: registry.target(), state: AnnounceState::Waiting, error: None, published: Vec::new(), expiry: registry.expiry() }
     }
 }
 
@@ -84,6 +87,7 @@ pub async fn reconcile<R: Registry>(
         () = &mut shutdown => return r.stopped(),
         known = desired.wait_for(Option::is_some) => if known.is_err() { return r.stopped() },
     }
+    r.status.send_modify(|s| s.state = AnnounceState::Connecting);
     'connect: loop {
         // Connect (again).
         let connected = tokio::select! {
@@ -470,6 +474,7 @@ mod tests {
         let l = start(&fake, None);
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(fake.calls().is_empty());
+        assert_eq!(l.status.borrow().state, AnnounceState::Waiting);
         l.desired.send_replace(set(&[mine]));
         settle().await;
         assert_eq!(fake.calls(), ["connect", "publish host-a_web-1_8000"]);

@@ -70,6 +70,15 @@ impl AnnounceTo {
         }
     }
 
+    /// Where in the registry this host's entries go (`etcd /services/web`): two services
+    /// cannot announce to the same place, since each adopts and removes this host's entries
+    /// there that it does not want.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Etcd(e) => format!("etcd path {}", e.path.trim_end_matches('/')),
+        }
+    }
+
     /// What serde cannot check, each with its key below `to`.
     pub fn check(&self) -> Vec<myelin_source::SettingsProblem> {
         match self {
@@ -199,6 +208,11 @@ mod tests {
         assert!(e[0].starts_with("/etc/myelin/test.yaml:6:5: services.web.announce.address: required"), "{e:?}");
         let e = errors(&format!("{HEAD}{ETCD}    announce:\n      containers: {{address: container}}\n      address: 192.0.2.1\n"));
         assert!(e[0].contains("services.web.announce.address: with `containers.address: container`"), "{e:?}");
+        // Two services announcing to the same place would remove each other's entries.
+        let two = format!("{HEAD}{ETCD}    announce: {{containers: {{}}, address: 127.0.0.1}}\n  zweb:\n    discovery: {{method: static}}\n    announce: {{containers: {{}}, address: 127.0.0.1, to: {{method: etcd, endpoints: [a], path: /services/web/}}}}\n");
+        let e = errors(&two);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("services.zweb.announce.to: service `web` announces to etcd path /services/web already"), "{e:?}");
         let e = errors(&format!("{HEAD}{ETCD}    announce:\n      containers: {{}}\n      address: web.example\n"));
         assert!(e[0].contains("\"web.example\" is not an IP address"), "{e:?}");
     }

@@ -36,9 +36,14 @@ impl Running {
     /// Stop without withdrawing: the loop that replaces it on the same registry adopts its
     /// entries (as after a restart), so other hosts see no gap.
     fn hand_over(self) -> JoinHandle<()> {
-        self.follow.abort();
-        self.task.abort();
-        self.task
+        let Running { follow, task, .. } = self;
+        // The loop first: once its readiness task is gone, a loop still running would take the
+        // closed channel for a stop and withdraw everything.
+        task.abort();
+        tokio::spawn(async move {
+            let _ = task.await;
+            follow.abort();
+        })
     }
 }
 

@@ -423,6 +423,8 @@ impl Observer {
     /// The announcers' statuses changed.
     pub fn announcing(&mut self, statuses: BTreeMap<String, myelin_admin::AnnounceStatus>) {
         if statuses != self.announce {
+            let counts: Vec<(&str, usize, bool)> = statuses.iter().map(|(n, a)| (n.as_str(), a.published.len(), a.state == "failing")).collect();
+            self.metrics.set_announce(&counts);
             self.announce = statuses;
             self.publish();
         }

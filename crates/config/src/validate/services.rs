@@ -55,7 +55,28 @@ pub(super) fn services(
         specs.insert(sname, spec);
     }
     frontend_clashes(cx, &specs);
+    announce_clashes(cx, &runtimes);
     (specs, runtimes)
+}
+
+/// Two services cannot announce to the same place in a registry: each adopts this host's
+/// entries there and removes those it does not want, so they would remove each other's.
+fn announce_clashes(cx: &mut Ctx, runtimes: &BTreeMap<ServiceName, ServiceRuntime>) {
+    let mut seen: BTreeMap<String, &ServiceName> = BTreeMap::new();
+    for (name, r) in runtimes {
+        let Some(a) = &r.announce else { continue };
+        let location = a.to.location();
+        if let Some(first) = seen.get(&location) {
+            let at = KeyPath::root().key("services").key(name.as_str()).key("announce");
+            cx.error_near(
+                &at.key("to"),
+                &at,
+                format!("service `{first}` announces to {location} already: each service needs a place of its own (this host's entries there are adopted and pruned by one service)"),
+            );
+        } else {
+            seen.insert(location, name);
+        }
+    }
 }
 
 /// Two frontends cannot listen on the same address and port; a wildcard address (`*`,
