@@ -73,9 +73,12 @@ impl AnnounceTo {
     /// Where in the registry this host's entries go (`etcd /services/web`): two services
     /// cannot announce to the same place, since each adopts and removes this host's entries
     /// there that it does not want.
-    pub fn location(&self) -> String {
+    /// `service` is the myelin service (Consul's default service name).
+    pub fn location(&self, service: &myelin_core::ServiceName) -> String {
         match self {
             Self::Etcd(e) => format!("etcd path {}", e.path.trim_end_matches('/')),
+            Self::Consul(c) => format!("consul service {:?}", c.service.as_deref().unwrap_or(service.as_str())),
+            Self::Zookeeper(z) => format!("zookeeper path {}", z.path),
         }
     }
 
@@ -268,5 +271,12 @@ mod tests {
         assert_eq!(keys, ["services.web.announce.to.hosts", "services.web.announce.to.path"], "{e:?}");
         let e = errors(&format!("{HEAD}{ETCD}{containers}      to: {{method: zookeeper, hosts: ['a:1'], path: /s, ttl: 3}}\n"));
         assert!(e[0].contains("services.web.announce.to") && e[0].contains("ttl"), "{e:?}");
+        // Two services announcing to the same Consul service or ZooKeeper path.
+        let two = format!("{HEAD}{ETCD}{containers}      to: {{method: consul}}\n  api:\n    discovery: {{method: static}}\n    announce: {{containers: {{}}, address: 127.0.0.1, to: {{method: consul, service: web}}}}\n");
+        let e = errors(&two);
+        assert!(e.len() == 1 && e[0].contains("services.web.announce.to: service `api` announces to consul service \"web\" already"), "{e:?}");
+        assert!(load(&two.replace("service: web}", "service: api}")).is_ok());
+        let two = format!("{HEAD}{ETCD}{containers}      to: {{method: zookeeper, hosts: ['a:1'], path: /s}}\n  api:\n    discovery: {{method: static}}\n    announce: {{containers: {{}}, address: 127.0.0.1, to: {{method: zookeeper, hosts: ['b:1'], path: /s}}}}\n");
+        assert!(errors(&two)[0].contains("announces to zookeeper path /s already"));
     }
 }
