@@ -254,10 +254,10 @@ mod e2e {
         let both: BTreeSet<u16> = [on_a.port, on_b.port].into();
         assert!(until(BOUND, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
         assert!(until(BOUND, || get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
-        let id_a = format!("host-a_{}_8000", on_a.name);
+        let id_a = format!("host-a_{}_8000", on_a.name().unwrap());
         let reg = c.agent_service(&id_a).unwrap();
         assert_eq!((reg["Meta"]["myelin_owner"].as_str(), reg["Port"].as_u64(), reg["Address"].as_str()), (Some("host-a"), Some(u64::from(on_a.port)), Some("127.0.0.1")), "{reg}");
-        assert_eq!(consul_ids(&c, "host-b"), [format!("host-b_{}_8000", on_b.name)].into());
+        assert_eq!(consul_ids(&c, "host-b"), [format!("host-b_{}_8000", on_b.name().unwrap())].into());
         let st = a.status();
         assert!(st.to_string().contains(&id_a), "A's /status does not show what it announces: {st}");
 
@@ -286,7 +286,7 @@ mod e2e {
         // A's myelin killed: the registration stays, its check turns critical after the TTL,
         // and B drops it then.
         let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
-        let id_a = format!("host-a_{}_8000", on_a.name);
+        let id_a = format!("host-a_{}_8000", on_a.name().unwrap());
         assert!(until(BOUND, || b.routed().contains(&on_a.port)), "{}", logs(&a, &b));
         a.kill_myelin().unwrap();
         let t0 = Instant::now();

@@ -233,7 +233,7 @@ mod e2e {
         assert!(until(BOUND, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
         assert!(until(BOUND, || get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
         let st = a.status();
-        assert!(st.to_string().contains(&format!("host-a_{}_8000", on_a.name)), "A's /status does not show what it announces: {st}");
+        assert!(st.to_string().contains(&format!("host-a_{}_8000", on_a.name().unwrap())), "A's /status does not show what it announces: {st}");
 
         // `docker stop` on A under ~50 requests/s through B: none fails, B drains it first.
         let stop = Arc::new(AtomicBool::new(false));
