@@ -35,14 +35,15 @@ test-deb: deb
 test-systemd: test-deps deb
 	packaging/test-systemd.sh $(DEB_DIR)/myelin_*.deb
 
-# Installs what the tests need (HAProxy, Docker, ...), starts a private Docker engine, builds,
+# Installs what the tests need (HAProxy, Docker, ...), starts the private Docker engines (two: the
+# many-hosts tests run one per "host"), builds,
 # and runs every test: unit, property and end-to-end (the real binary against real HAProxy and
 # a real Docker engine, on 127.0.0.1), then the Debian package's install/remove/purge test and
 # the package under a booted systemd.
-# The engine is stopped afterwards, pass or fail.
+# The engines (and the etcd cluster) are stopped afterwards, pass or fail.
 test: test-deps docker-engine etcd-cluster
 	$(CARGO) build -p myelin
-	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; integration/etcd-cluster.sh stop; integration/zookeeper.sh stop; exit $$status
+	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; $(ENGINE_B) integration/docker-engine.sh stop; integration/etcd-cluster.sh stop; integration/zookeeper.sh stop; exit $$status
 	$(MAKE) test-deb
 	$(MAKE) test-systemd
 
@@ -53,7 +54,8 @@ bench: docker-engine etcd-cluster
 	for n in 100 200; do integration/bench/file-sources.sh $${CARGO_TARGET_DIR:-target}/debug/myelin $$n 30 || status=$$?; done; \
 	$(CARGO) run -q -p myelin-integration --bin consul-bench || status=$$?; \
 	$(CARGO) run -q -p myelin-integration --bin zookeeper-bench || status=$$?; integration/zookeeper.sh stop; \
-	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; integration/docker-engine.sh stop; \
+	$(CARGO) run -q -p myelin-integration --bin docker-bench || status=$$?; \
+	$(CARGO) run -q -p myelin-integration --bin fleet-bench || status=$$?; integration/docker-engine.sh stop; $(ENGINE_B) integration/docker-engine.sh stop; \
 	$(CARGO) run -q -p myelin-integration --bin etcd-bench || status=$$?; integration/etcd-cluster.sh stop; \
 	$(MAKE) bench-scale || status=$$?; exit $$status
 
@@ -72,9 +74,14 @@ etcd-cluster: test-deps
 	integration/etcd-cluster.sh start
 
 # The private engine of the Docker tests (unix socket /tmp/myelin-docker/docker.sock) and the
-# test image; `integration/docker-engine.sh stop` stops it.
+# test image; `integration/docker-engine.sh stop` stops it. The many-hosts tests and benchmark
+# (integration/tests/fleet.rs, fleet-bench) add a second engine beside it, host B's
+# (/tmp/myelin-docker-b, its own bridge): `$(ENGINE_B) integration/docker-engine.sh stop`.
+ENGINE_B := MYELIN_DOCKER_DIR=$(or $(MYELIN_DOCKER_B_DIR),/tmp/myelin-docker-b) MYELIN_DOCKER_TLS_PORT=$(or $(MYELIN_DOCKER_B_TLS_PORT),23762) \
+	MYELIN_DOCKER_BRIDGE=$(or $(MYELIN_DOCKER_B_BRIDGE),myelin-b0) MYELIN_DOCKER_BRIDGE_CIDR=$(or $(MYELIN_DOCKER_B_BRIDGE_CIDR),198.18.2.1/24)
 docker-engine: test-deps
 	integration/docker-engine.sh start
+	$(ENGINE_B) integration/docker-engine.sh start
 
 # Timings of Docker changes reaching HAProxy (median and worst of 20 rounds); see
 # docs/performance.md. Not part of `make test`.

@@ -186,6 +186,15 @@ impl Etcd {
         Ok(())
     }
 
+    /// Every key under `prefix` with its value and lease (0: none), in key order.
+    pub fn list(&mut self, prefix: &str) -> Result<Vec<(String, String, i64)>> {
+        let r = self.retry(|mut c| {
+            let prefix = prefix.to_owned();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })?;
+        Ok(r.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())).collect())
+    }
+
     /// The current revision.
     pub fn revision(&mut self) -> Result<i64> {
         let r = self.rt.block_on(self.client.get("/", Some(GetOptions::new().with_count_only())))?;

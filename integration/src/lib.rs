@@ -17,6 +17,7 @@ pub mod consul;
 pub mod docker;
 pub mod zookeeper;
 pub mod etcd;
+pub mod fleet;
 
 /// The `myelin` binary under test: `$MYELIN_BIN`, or the workspace's debug build.
 pub fn myelin_bin() -> PathBuf {

@@ -184,8 +184,10 @@ fn one_host_announces_its_ready_containers_and_withdraws_them() {
     let key = format!("{p}/{owner}_{name}_8000");
     assert!(wait_for(bound, || keys(&p).contains_key(&key)).is_some(), "not announced: {:?}\n{}", keys(&p), myelin.log());
     let value = keys(&p)[&key].0.clone();
-    assert!(value.starts_with(&format!(r#"{{"host":"127.0.0.1","port":{},"name":"{name}""#, c1.port().unwrap())), "{value}");
-    assert!(wait_for(bound, || env.routable_servers().unwrap_or_default().contains(&name)).is_some(), "{}", myelin.log());
+    // Named by its instance id: the same container name on another host stays another server.
+    let server = format!("{owner}_{name}_8000");
+    assert!(value.starts_with(&format!(r#"{{"host":"127.0.0.1","port":{},"name":"{server}""#, c1.port().unwrap())), "{value}");
+    assert!(wait_for(bound, || env.routable_servers().unwrap_or_default().contains(&server)).is_some(), "{}", myelin.log());
     assert!(wait_for(bound, || get(env.frontend_port, "/").is_ok_and(|(c, b)| c == 200 && b.trim() == c1.id)).is_some());
     let (_, status) = get(admin, "/status").unwrap();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();

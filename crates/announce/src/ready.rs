@@ -48,10 +48,12 @@ pub fn instance(m: &Mapping, d: &Discovered) -> Result<(Instance, SocketAddr), S
     };
     let id = InstanceId::new(&m.owner, container, private).map_err(|e| format!("instance id for container {container:?}: {e}"))?;
     let inst = Instance {
+        // The instance id, not the container's name: the same name on two hosts (one compose
+        // file deployed on each) must stay two servers for every host that discovers them.
+        name: id.to_string(),
         id,
         host: m.address.unwrap_or(local),
         port,
-        name: b.name.to_string(),
         weight: b.weight.map(|w| w.get()),
         labels: b.labels,
     };
@@ -345,7 +347,7 @@ mod tests {
         d.labels.insert("az".into(), "a".into());
         let (i, addr) = instance(&mapping(Some("192.0.2.10")), &d).unwrap();
         assert_eq!(i.id.as_str(), "host-a_web-1_8000");
-        assert_eq!((i.host, i.port, i.name.as_str(), i.weight), (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 32768, "web-1", Some(5)));
+        assert_eq!((i.host, i.port, i.name.as_str(), i.weight), (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 32768, "host-a_web-1_8000", Some(5)));
         assert_eq!(i.labels["az"], "a");
         assert_eq!(addr, "127.0.0.1:32768".parse().unwrap());
         // The container's address (routed networks); the label's port names the id.

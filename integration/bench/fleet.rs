@@ -1,0 +1,69 @@
+//! `make bench`: how fast a container change on one host reaches another host's HAProxy
+//! through etcd (the two "hosts" of `myelin_integration::fleet`: two private Docker engines,
+//! two myelins, two HAProxies, the suite's three-member etcd cluster).
+//!
+//! Over 20 rounds (`BENCH_ROUNDS`):
+//! - routed: from `docker run` returning on host A to the first response from the new
+//!   container through host B's HAProxy;
+//! - withdrawn: from `docker stop` being started on A to the container's server no longer
+//!   taking connections in B's HAProxy (`show servers state`: draining or gone).
+//!
+//! Traffic goes to 127.0.0.1 only; every wait is bounded.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use myelin_integration::bench::{poll, summary};
+use myelin_integration::fleet::Fleet;
+use myelin_integration::{free_port, get};
+
+const ROUNDS: usize = 20;
+
+fn main() -> Result<()> {
+    let fleet = Fleet::start("bench", 10)?;
+    // B's own container keeps B's frontend answering between rounds.
+    let anchor = fleet.run_on_b()?;
+    if poll(Duration::from_secs(10), || get(fleet.b.port(), "/").is_ok_and(|(_, b)| b.trim() == anchor.id)).is_none() {
+        bail!("B's own container never answered:\n{}", fleet.logs());
+    }
+    let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let (mut routed, mut ready_to_routed, mut withdrawn) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let direct = free_port();
+        let c = fleet.a.engine.run(&fleet.label, &format!("127.0.0.1:{direct}:8000"), &[])?;
+        let ran = c.started;
+        if std::env::var_os("BENCH_LOG").is_some() {
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("bench: round {round} docker run returned {:?} ago at unix {}.{:09}", ran.elapsed(), wall.as_secs(), wall.subsec_nanos());
+        }
+        let id = c.id.clone();
+        let ready = std::thread::spawn(move || poll(Duration::from_secs(10), || get(direct, "/").is_ok_and(|(s, b)| s == 200 && b.trim() == id)));
+        let at = poll(Duration::from_secs(10), || get(fleet.b.port(), "/").is_ok_and(|(_, b)| b.trim() == c.id))
+            .with_context(|| format!("round {round}: never routed by B:\n{}", fleet.logs()))?;
+        let ready = ready.join().unwrap().context("never answered directly")?;
+        routed.push(at - ran);
+        ready_to_routed.push(at.saturating_duration_since(ready));
+
+        let (engine, id, port) = (c.engine, c.id.clone(), c.port);
+        let t0 = Instant::now();
+        if std::env::var_os("BENCH_LOG").is_some() {
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("bench: round {round} docker stop started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
+        }
+        let stopper = std::thread::spawn(move || engine.docker(&["stop", "-t", "3", &id]));
+        let out =
+            poll(Duration::from_secs(10), || !fleet.b.routed().contains(&port)).with_context(|| format!("round {round}: never withdrawn from B:\n{}", fleet.logs()))?;
+        withdrawn.push(out - t0);
+        stopper.join().unwrap()?;
+        drop(c);
+        eprintln!("round {:2}: routed by B {:?} after run, out of B's rotation {:?} after stop", round + 1, at - ran, out - t0);
+    }
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprintln!("{}", fleet.logs());
+    }
+    println!("\nmyelin many-hosts benchmark: {rounds} rounds, host A's engine -> A's myelin -> etcd (3 members) -> B's myelin -> B's HAProxy (runtime API)");
+    summary("docker run on A -> routed by B", routed);
+    summary("A's port answering directly -> routed by B", ready_to_routed);
+    summary("docker stop on A -> out of B's rotation", withdrawn);
+    Ok(())
+}
