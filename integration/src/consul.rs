@@ -6,8 +6,19 @@
 //!   `Address`, `Port`, `Meta`, `Weights` (default `{"Passing": 1, "Warning": 1}`),
 //!   `TaggedAddresses`, and a `Check` or `Checks` with a `TTL`). As documented, a TTL check
 //!   starts `critical` unless its definition gives `Status`, and a service's checks get the
-//!   IDs `service:<ID>` (one check) or `service:<ID>:<n>` (several, from 1).
-//!   `PUT /v1/agent/service/deregister/<ID>` removes the service and its checks.
+//!   IDs `service:<ID>` (one check) or `service:<ID>:<n>` (several, from 1) unless they give
+//!   `CheckID`. `Meta` is validated as Consul does (at most 64 pairs; keys of ASCII letters,
+//!   digits, `_` and `-`, at most 128 characters, not starting with `consul-`; values at most
+//!   512 characters) and so are `Weights` (`Passing` at least 1): 400 otherwise.
+//!   `PUT /v1/agent/service/deregister/<ID>` removes the service and its checks (404 for an
+//!   unknown ID).
+//! - TTL checks: a check not passed, warned or failed within its `TTL` turns `critical`
+//!   (waking blocked queries). A check with `DeregisterCriticalServiceAfter` that stays
+//!   critical that long has its service deregistered by a reaper; as in Consul, the timeout is
+//!   raised to a minimum and the reaper runs periodically, which Consul fixes at 1 minute and
+//!   30 s and the double lets a test shorten ([`Consul::set_reaper`]; default 1 minute and 30 s).
+//! - `GET /v1/agent/services`: the agent's services by ID (`ID`, `Service`, `Tags`, `Meta`,
+//!   `Port`, `Address`, `Weights`, `EnableTagOverride`), not a blocking query.
 //! - `PUT /v1/agent/check/pass|warn|fail/<CheckID>`: a TTL check becomes `passing`, `warning`
 //!   or `critical`.
 //! - `GET /v1/health/service/<name>`: entries `{"Node": {...}, "Service": {...}, "Checks":
@@ -25,8 +36,8 @@
 //!   wakes every blocked query, as a snapshot restore does in Consul; [`Consul::restart`]
 //!   closes every connection and comes back on the same port with a lower index.
 //! - ACLs: with a token set, a request whose `X-Consul-Token` differs gets 403 `ACL not found`.
-//! - Faults for the tests ([`Fault`]), on reads only (the agent endpoints are local to an
-//!   agent and keep working): 500 `No cluster leader`, hanging without an answer, resetting the
+//! - Faults for the tests ([`Fault`]), on catalog and health reads only (the agent endpoints
+//!   are local to an agent and keep working): 500 `No cluster leader`, hanging without an answer, resetting the
 //!   connection, or a malformed 200 answer.
 #![allow(clippy::type_complexity)]
 
@@ -66,12 +77,41 @@ struct Instance {
     checks: Vec<String>,
 }
 
+#[derive(Debug, Clone)]
+struct Check {
+    service: String,
+    status: String,
+    /// A TTL check: its TTL, and when it turns critical unless passed again.
+    ttl: Option<(Duration, Instant)>,
+    /// `DeregisterCriticalServiceAfter`.
+    deregister_after: Option<Duration>,
+    /// Since when it is critical.
+    critical_since: Option<Instant>,
+}
+
+impl Check {
+    fn set(&mut self, status: &str, now: Instant) -> bool {
+        if let Some((ttl, deadline)) = &mut self.ttl {
+            *deadline = now + *ttl;
+        }
+        if self.status == status {
+            return false;
+        }
+        self.status = status.to_owned();
+        self.critical_since = (status == "critical").then_some(now);
+        true
+    }
+}
+
 #[derive(Debug)]
 struct State {
     index: u64,
     services: BTreeMap<String, Instance>,
-    /// Check ID → (service ID, status).
-    checks: BTreeMap<String, (String, String)>,
+    /// Check ID → its service and state.
+    checks: BTreeMap<String, Check>,
+    /// The reaper: (the least `DeregisterCriticalServiceAfter`, how often it runs).
+    reaper: (Duration, Duration),
+    last_reap: Instant,
     fault: Fault,
     token: Option<String>,
     last_contact_ms: u64,
@@ -108,6 +148,8 @@ impl Consul {
                 index,
                 services: BTreeMap::new(),
                 checks: BTreeMap::new(),
+                reaper: (Duration::from_secs(60), Duration::from_secs(30)),
+                last_reap: Instant::now(),
                 fault: Fault::None,
                 token: None,
                 last_contact_ms: 0,
@@ -117,6 +159,13 @@ impl Consul {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             reads: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                tick(&s);
+            }
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -138,7 +187,7 @@ impl Consul {
     /// (here with a lower index, as after a cluster was rebuilt from a snapshot).
     pub fn restart(self, index: u64) -> Self {
         let port = self.port;
-        let (services, checks, token) = self.with(|st| (st.services.clone(), st.checks.clone(), st.token.clone()));
+        let (services, checks, token, reaper) = self.with(|st| (st.services.clone(), st.checks.clone(), st.token.clone(), st.reaper));
         drop(self);
         let t0 = Instant::now();
         let listener = loop {
@@ -156,8 +205,30 @@ impl Consul {
             st.services = services;
             st.checks = checks;
             st.token = token;
+            st.reaper = reaper;
         });
         c
+    }
+
+    /// The reaper's least `DeregisterCriticalServiceAfter` and its period (Consul's: 1 minute
+    /// and 30 s): tests shorten both.
+    pub fn set_reaper(&self, min: Duration, every: Duration) {
+        self.with(|st| st.reaper = (min, every));
+    }
+
+    /// A check's status (`passing`, `warning`, `critical`), if the agent has it.
+    pub fn check_status(&self, check_id: &str) -> Option<String> {
+        self.with(|st| st.checks.get(check_id).map(|c| c.status.clone()))
+    }
+
+    /// The IDs of the agent's services.
+    pub fn service_ids(&self) -> Vec<String> {
+        self.with(|st| st.services.keys().cloned().collect())
+    }
+
+    /// A registered service as the agent lists it (`GET /v1/agent/services`), if it has it.
+    pub fn agent_service(&self, id: &str) -> Option<Value> {
+        self.with(|st| st.services.get(id).map(agent_service))
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -276,7 +347,7 @@ fn serve(mut conn: TcpStream, s: &Shared) {
             Some(r) => r,
             None => return,
         };
-        let is_read = req.method == "GET";
+        let is_read = req.method == "GET" && !req.path.starts_with("/v1/agent/");
         let fault = s.state.lock().unwrap().fault;
         if is_read {
             s.reads.fetch_add(1, Ordering::Relaxed);
@@ -449,12 +520,19 @@ fn answer(req: &Request, s: &Shared, fault: Fault) -> Answer {
                 _ => "critical",
             };
             let Some(c) = st.checks.get_mut(*id) else { return text(404, &format!("Unknown check ID {id:?}")) };
-            if c.1 != status {
-                c.1 = status.to_owned();
+            if c.ttl.is_none() {
+                return text(500, &format!("CheckID {id:?} does not have associated TTL"));
+            }
+            if c.set(status, Instant::now()) {
                 st.index += 1;
                 s.changed.notify_all();
             }
             text(200, "")
+        }
+        ("GET", ["v1", "agent", "services"]) => {
+            let st = s.state.lock().unwrap();
+            let all: serde_json::Map<String, Value> = st.services.iter().map(|(id, i)| (id.clone(), agent_service(i))).collect();
+            (200, vec![], Value::Object(all).to_string())
         }
         ("GET", ["v1", "health", "service", name]) => read(req, s, fault, |st| health(st, name, req)),
         ("GET", ["v1", "catalog", "services"]) => read(req, s, fault, |st| {
@@ -478,33 +556,139 @@ fn register(s: &Shared, body: &[u8]) -> Answer {
     if def["Check"].is_object() {
         checks.insert(0, def["Check"].clone());
     }
-    let check_ids: Vec<String> = if checks.len() == 1 { vec![format!("service:{id}")] } else { (1..=checks.len()).map(|n| format!("service:{id}:{n}")).collect() };
+    let check_ids: Vec<String> = checks
+        .iter()
+        .enumerate()
+        .map(|(n, c)| match c["CheckID"].as_str().filter(|c| !c.is_empty()) {
+            Some(given) => given.to_owned(),
+            None if checks.len() == 1 => format!("service:{id}"),
+            None => format!("service:{id}:{}", n + 1),
+        })
+        .collect();
+    let meta: BTreeMap<String, String> = match serde_json::from_value(def["Meta"].clone()) {
+        Ok(m) => m,
+        Err(_) if def["Meta"].is_null() => BTreeMap::new(),
+        Err(e) => return bad(format!("Request decode failed: {e}")),
+    };
+    if let Err(e) = validate_meta(&meta) {
+        return bad(format!("Invalid Service Meta: {e}"));
+    }
     let weights = &def["Weights"];
+    let weights = if weights.is_null() { (1, 1) } else { (weights["Passing"].as_i64().unwrap_or(0), weights["Warning"].as_i64().unwrap_or(0)) };
+    if weights.0 < 1 {
+        return bad("Invalid Weights: Passing must be greater than 0".into());
+    }
+    if weights.1 < 0 || weights.0 > 65535 || weights.1 > 65535 {
+        return bad("Invalid Weights: DNS Weight must be between 0 and 65535".into());
+    }
+    let mut defs = Vec::new();
+    for c in &checks {
+        let duration = |k: &str| c[k].as_str().filter(|v| !v.is_empty()).map(|v| parse_wait(v).ok_or_else(|| format!("invalid {k} {v:?}"))).transpose();
+        let (ttl, dereg) = match (duration("TTL"), duration("DeregisterCriticalServiceAfter")) {
+            (Ok(t), Ok(d)) => (t, d),
+            (Err(e), _) | (_, Err(e)) => return bad(e),
+        };
+        let status = c["Status"].as_str().unwrap_or("critical").to_owned();
+        defs.push((ttl, dereg, status));
+    }
     let inst = Instance {
         id: id.clone(),
         name: name.to_owned(),
         tags: def["Tags"].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
         address: def["Address"].as_str().unwrap_or("").to_owned(),
         port: def["Port"].as_u64().unwrap_or(0),
-        meta: serde_json::from_value(def["Meta"].clone()).unwrap_or_default(),
-        weights: (weights["Passing"].as_u64().unwrap_or(1), weights["Warning"].as_u64().unwrap_or(1)),
+        meta,
+        weights: (weights.0 as u64, weights.1 as u64),
         tagged: def["TaggedAddresses"].clone(),
         checks: check_ids.clone(),
     };
+    let now = Instant::now();
     let mut st = s.state.lock().unwrap();
     if let Some(old) = st.services.remove(&id) {
         for c in old.checks {
             st.checks.remove(&c);
         }
     }
-    for (cid, c) in check_ids.into_iter().zip(&checks) {
-        let status = c["Status"].as_str().unwrap_or("critical").to_owned();
-        st.checks.insert(cid, (id.clone(), status));
+    for (cid, (ttl, deregister_after, status)) in check_ids.into_iter().zip(defs) {
+        let critical_since = (status == "critical").then_some(now);
+        st.checks.insert(cid, Check { service: id.clone(), status, ttl: ttl.map(|t| (t, now + t)), deregister_after, critical_since });
     }
     st.services.insert(id, inst);
     st.index += 1;
     s.changed.notify_all();
     (200, vec![], String::new())
+}
+
+/// Consul's rules for service metadata.
+fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
+    if meta.len() > 64 {
+        return Err("metadata cannot contain more than 64 key/value pairs".into());
+    }
+    for (k, v) in meta {
+        let why = if k.is_empty() {
+            Some("key cannot be blank")
+        } else if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            Some("key contains invalid characters")
+        } else if k.len() > 128 {
+            Some("key is too long (limit: 128 characters)")
+        } else if k.starts_with("consul-") {
+            Some("key prefix \"consul-\" is reserved for internal use")
+        } else if v.len() > 512 {
+            Some("value is too long (limit: 512 characters)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(format!("Couldn't load metadata pair ('{k}', '{v}'): {why}"));
+        }
+    }
+    Ok(())
+}
+
+/// A service as `GET /v1/agent/services` shows it.
+fn agent_service(i: &Instance) -> Value {
+    json!({"ID": i.id, "Service": i.name, "Tags": i.tags, "Meta": i.meta, "Port": i.port, "Address": i.address,
+           "TaggedAddresses": i.tagged, "Weights": {"Passing": i.weights.0, "Warning": i.weights.1}, "EnableTagOverride": false})
+}
+
+/// TTLs and the reaper, every few milliseconds: TTL checks not updated in time turn critical;
+/// services whose check stayed critical past its `DeregisterCriticalServiceAfter` (raised to
+/// the reaper's minimum) are deregistered when the reaper runs.
+fn tick(s: &Shared) {
+    let now = Instant::now();
+    let mut st = s.state.lock().unwrap();
+    let mut changed = false;
+    for c in st.checks.values_mut() {
+        if let Some((_, deadline)) = c.ttl {
+            if now >= deadline && c.status != "critical" {
+                c.status = "critical".to_owned();
+                c.critical_since = Some(now);
+                changed = true;
+            }
+        }
+    }
+    let (min, every) = st.reaper;
+    if now.duration_since(st.last_reap) >= every {
+        st.last_reap = now;
+        let reaped: BTreeSet<String> = st
+            .checks
+            .values()
+            .filter(|c| matches!((c.deregister_after, c.critical_since), (Some(after), Some(since)) if now.duration_since(since) >= after.max(min)))
+            .map(|c| c.service.clone())
+            .collect();
+        for id in reaped {
+            if let Some(inst) = st.services.remove(&id) {
+                for c in inst.checks {
+                    st.checks.remove(&c);
+                }
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        st.index += 1;
+        s.changed.notify_all();
+    }
 }
 
 fn health(st: &State, name: &str, req: &Request) -> String {
@@ -517,7 +701,7 @@ fn health(st: &State, name: &str, req: &Request) -> String {
         let checks: Vec<Value> = i
             .checks
             .iter()
-            .filter_map(|c| st.checks.get(c).map(|(_, status)| (c, status)))
+            .filter_map(|c| st.checks.get(c).map(|check| (c, &check.status)))
             .map(|(c, status)| {
                 json!({"Node": "node1", "CheckID": c, "Name": format!("Service '{}' check", i.name), "Status": status,
                     "Notes": "", "Output": "", "ServiceID": i.id, "ServiceName": i.name, "ServiceTags": i.tags})
@@ -630,5 +814,50 @@ mod tests {
         assert_eq!(c.call("GET", "/v1/health/service/web", "", Some("right")).unwrap().0, 200);
         assert_eq!(decode("Service.Meta.x%20%3D%3D%20%22y%22+z"), "Service.Meta.x == \"y\" z");
         assert_eq!(parse_wait("1m"), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn ttl_checks_expire_and_the_reaper_deregisters() {
+        let c = Consul::start(1);
+        c.set_reaper(Duration::from_millis(300), Duration::from_millis(50));
+        c.register_json(&json!({"ID": "a", "Name": "web", "Port": 1, "Meta": {"myelin_owner": "h"},
+            "Check": {"CheckID": "mine:a", "TTL": "400ms", "DeregisterCriticalServiceAfter": "100ms", "Status": "passing"}}));
+        assert_eq!(c.check_status("mine:a").as_deref(), Some("passing"));
+        let (_, agent) = get(&c, "/v1/agent/services");
+        assert_eq!(agent["a"]["Meta"]["myelin_owner"], "h");
+        // Passed in time: still passing after more than one TTL.
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(150));
+            assert_eq!(c.call("PUT", "/v1/agent/check/pass/mine:a", "", None).unwrap().0, 200);
+        }
+        assert_eq!(c.check_status("mine:a").as_deref(), Some("passing"));
+        // Not passed: critical after the TTL, then reaped after max(100 ms, the 300 ms minimum).
+        let t0 = Instant::now();
+        while c.check_status("mine:a").as_deref() == Some("passing") {
+            assert!(t0.elapsed() < Duration::from_secs(3));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(300), "{:?}", t0.elapsed());
+        assert!(c.service_ids().contains(&"a".to_owned()));
+        let (_, health) = get(&c, "/v1/health/service/web?passing=1");
+        assert_eq!(health, json!([]));
+        while !c.service_ids().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(3));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(600), "{:?}", t0.elapsed());
+        assert_eq!(c.call("PUT", "/v1/agent/check/pass/mine:a", "", None).unwrap().0, 404);
+        assert_eq!(c.call("PUT", "/v1/agent/service/deregister/a", "", None).unwrap().0, 404);
+    }
+
+    #[test]
+    fn meta_and_weights_are_validated_as_consul_does() {
+        let c = Consul::start(1);
+        let reg = |def: Value| c.call("PUT", "/v1/agent/service/register", &def.to_string(), None).unwrap().0;
+        assert_eq!(reg(json!({"Name": "web", "Meta": {"a.b": "x"}})), 400);
+        assert_eq!(reg(json!({"Name": "web", "Meta": {"consul-x": "x"}})), 400);
+        assert_eq!(reg(json!({"Name": "web", "Meta": {"a": "x".repeat(513)}})), 400);
+        assert_eq!(reg(json!({"Name": "web", "Weights": {"Passing": 0, "Warning": 0}})), 400);
+        assert_eq!(reg(json!({"Name": "web", "Meta": {"a_b-c": "x"}, "Weights": {"Passing": 1, "Warning": 0}})), 200);
     }
 }

@@ -159,10 +159,21 @@ pub struct Host {
 impl Host {
     /// Write the config, start HAProxy and myelin.
     fn start(owner: &str, engine: &'static HostEngine, cluster: &Cluster, prefix: &str, label: &str, ttl: u32) -> Result<Host> {
+        let endpoints = cluster.yaml_endpoints();
+        let discovery = format!("method: etcd\nendpoints: {endpoints}\npath: {prefix}\n");
+        let to = format!("method: etcd\nendpoints: {endpoints}\npath: {prefix}\nttl: {ttl}\n");
+        Self::start_with(owner, engine, &discovery, Some(&to), label)
+    }
+
+    /// A host whose service `web` discovers with `discovery` and announces this engine's
+    /// containers labelled `myelin.test: <label>` to `to` (`None`: the default, the
+    /// discovery's registry); both YAML mappings without indentation.
+    pub fn start_with(owner: &str, engine: &'static HostEngine, discovery: &str, to: Option<&str>, label: &str) -> Result<Host> {
+        let indent = |yaml: &str, n: usize| yaml.lines().map(|l| format!("{}{l}\n", " ".repeat(n))).collect::<String>();
         let env = Env::new();
         let admin = free_port();
-        let endpoints = cluster.yaml_endpoints();
-        let discovery = format!("      method: etcd\n      endpoints: {endpoints}\n      path: {prefix}\n");
+        let discovery = indent(discovery, 6);
+        let to = to.map(|t| format!("      to:\n{}", indent(t, 8))).unwrap_or_default();
         let service = format!(
             "      listen: [option httpchk GET /]
     announce:
@@ -172,12 +183,7 @@ impl Host {
         container_port: 8000
         labels: {{myelin.test: {label}}}
       address: 127.0.0.1
-      to:
-        method: etcd
-        endpoints: {endpoints}
-        path: {prefix}
-        ttl: {ttl}
-",
+{to}",
             socket = engine.socket().display()
         );
         let extra = format!("{}  drain_timeout: 1\nadmin:\n  bind: {admin}\nannounce_as: {owner}\n", env.runtime_extra());

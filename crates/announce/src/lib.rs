@@ -16,6 +16,7 @@
 
 pub mod ready;
 mod reconcile;
+mod registration;
 
 pub use ready::{Check, CheckKind, Mapping};
 pub use reconcile::{reconcile, AnnounceState, AnnounceStatus};
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 pub use myelin_core::ServiceName;
 pub use myelin_source::Cause;
+pub use registration::Registration;
 
 /// The longest owner or instance id accepted (registries limit key and id lengths).
 pub const MAX_ID_LEN: usize = 200;

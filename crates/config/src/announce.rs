@@ -5,7 +5,9 @@
 
 use myelin_source::{Number, Seconds};
 use myelin_watch_docker::DockerConfig;
+use myelin_watch_consul::ConsulAnnounce;
 use myelin_watch_etcd::EtcdAnnounce;
+use myelin_watch_zookeeper::ZookeeperAnnounce;
 use serde::Deserialize;
 
 use crate::discovery::{with_path, Discovery};
@@ -22,7 +24,8 @@ pub struct AnnounceConfig {
     pub address: Option<String>,
     /// myelin's own check before a container is announced.
     pub check: Option<CheckConfig>,
-    /// The registry; by default the service's own discovery when it is a registry (etcd).
+    /// The registry; by default the service's own discovery when it is a registry (etcd,
+    /// Consul, ZooKeeper with Nerve nodes).
     pub to: Option<AnnounceTo>,
 }
 
@@ -33,29 +36,49 @@ pub enum AnnounceTo {
     /// Keys `<path>/<instance id>` on a lease kept alive by myelin.
     #[serde(deserialize_with = "with_path")]
     Etcd(EtcdAnnounce),
+    /// The local Consul agent's service registrations, with a TTL check kept passing.
+    #[serde(deserialize_with = "with_path")]
+    Consul(ConsulAnnounce),
+    /// Ephemeral nodes `<path>/<instance id>` holding Nerve's JSON, on a session of myelin's.
+    #[serde(deserialize_with = "with_path")]
+    Zookeeper(ZookeeperAnnounce),
 }
 
 impl AnnounceTo {
     /// The default `to`: the service's own discovery, when it is a registry myelin announces to.
     pub fn from_discovery(d: &Discovery) -> Option<Self> {
+        Self::default_for(d).ok()
+    }
+
+    /// The default `to`, or why the discovery makes none.
+    pub fn default_for(d: &Discovery) -> Result<Self, String> {
+        let not_a_registry = || format!("this service discovers with `{}`, not a registry myelin announces to", d.method());
         match d {
-            Discovery::Etcd(e) => Some(Self::Etcd(EtcdAnnounce::from_discovery(e))),
-            Discovery::Static(_) | Discovery::File(_) | Discovery::Docker(_) | Discovery::Zookeeper(_) | Discovery::ZookeeperPoll(_) | Discovery::Consul(_) => None,
+            Discovery::Etcd(e) => Ok(Self::Etcd(EtcdAnnounce::from_discovery(e))),
+            Discovery::Consul(c) => Ok(Self::Consul(ConsulAnnounce::from_discovery(c))),
+            Discovery::Zookeeper(z) => ZookeeperAnnounce::from_discovery(z).map(Self::Zookeeper).map_err(str::to_owned),
+            Discovery::ZookeeperPoll(z) => ZookeeperAnnounce::from_poll_discovery(z).map(Self::Zookeeper).map_err(str::to_owned),
+            Discovery::Static(_) | Discovery::File(_) | Discovery::Docker(_) => Err(not_a_registry()),
         }
     }
 
     pub fn method(&self) -> &'static str {
         match self {
             Self::Etcd(_) => "etcd",
+            Self::Consul(_) => "consul",
+            Self::Zookeeper(_) => "zookeeper",
         }
     }
 
     /// Where in the registry this host's entries go (`etcd /services/web`): two services
     /// cannot announce to the same place, since each adopts and removes this host's entries
     /// there that it does not want.
-    pub fn location(&self) -> String {
+    /// `service` is the myelin service (Consul's default service name).
+    pub fn location(&self, service: &myelin_core::ServiceName) -> String {
         match self {
             Self::Etcd(e) => format!("etcd path {}", e.path.trim_end_matches('/')),
+            Self::Consul(c) => format!("consul service {:?}", c.service.as_deref().unwrap_or(service.as_str())),
+            Self::Zookeeper(z) => format!("zookeeper path {}", z.path),
         }
     }
 
@@ -63,6 +86,8 @@ impl AnnounceTo {
     pub fn check(&self) -> Vec<myelin_source::SettingsProblem> {
         match self {
             Self::Etcd(e) => e.check(),
+            Self::Consul(c) => c.check(),
+            Self::Zookeeper(z) => z.check(),
         }
     }
 }
@@ -128,7 +153,7 @@ mod tests {
         assert_eq!(l.owner, Some(Owner::new("host-a").unwrap()));
         let a = l.services[&ServiceName::parse("web").unwrap()].announce.clone().unwrap();
         assert_eq!(a.address, Some("192.0.2.10".parse().unwrap()));
-        let AnnounceTo::Etcd(e) = &a.to;
+        let AnnounceTo::Etcd(e) = &a.to else { panic!("{:?}", a.to) };
         assert_eq!((e.path.as_str(), e.endpoints.len(), e.user.as_deref(), e.ttl()), ("/services/web", 1, Some("u"), 10));
         let c = a.check.clone().unwrap();
         assert_eq!(c.kind, CheckKind::Http { path: "/health".into() });
@@ -148,7 +173,7 @@ mod tests {
         let a = l.services[&ServiceName::parse("web").unwrap()].announce.clone().unwrap();
         assert_eq!(a.address, None);
         assert_eq!(a.check.unwrap().kind, CheckKind::Tcp);
-        let AnnounceTo::Etcd(e) = &a.to;
+        let AnnounceTo::Etcd(e) = &a.to else { panic!("{:?}", a.to) };
         assert_eq!(e.ttl(), 30);
     }
 
@@ -210,5 +235,48 @@ mod tests {
         // announce_as: a name registries can hold.
         let e = errors(&format!("{}{ETCD}", HEAD.replace("host-a", "'host_a'")));
         assert!(e[0].contains("announce_as: \"host_a\" holds '_'"), "{e:?}");
+    }
+
+    #[test]
+    fn consul_and_zookeeper_by_default_from_the_discovery_or_explicit() {
+        let containers = "    announce:\n      containers: {image_name: local/nodeapp, container_port: 8000}\n      address: 192.0.2.10\n";
+        let web = |l: &crate::Loaded| l.services[&ServiceName::parse("web").unwrap()].announce.clone().unwrap().to;
+        // Consul: the same agent, token and service name; the tags the discovery selects on.
+        let l = load(&format!("{HEAD}    discovery: {{method: consul, service: web-prod, tag: blue, address: 'http://127.0.0.1:8500', token: s3cr3t}}\n{containers}")).unwrap();
+        let AnnounceTo::Consul(c) = web(&l) else { panic!() };
+        assert_eq!((c.service.as_deref(), c.tags.clone(), c.address.as_deref()), (Some("web-prod"), vec!["blue".to_owned()], Some("http://127.0.0.1:8500")));
+        assert_eq!(c.token.as_ref().map(|t| t.secret()), Some("s3cr3t"));
+        assert_eq!((c.ttl(), c.deregister_critical_after()), (Duration::from_secs(10), Duration::from_secs(60)));
+        // ZooKeeper (Nerve nodes): the same ensemble and path.
+        let l = load(&format!("{HEAD}    discovery: {{method: zookeeper, hosts: ['127.0.0.1:2181'], path: /nerve/web}}\n{containers}")).unwrap();
+        let AnnounceTo::Zookeeper(z) = web(&l) else { panic!() };
+        assert_eq!((z.hosts.clone(), z.path.as_str(), z.session_timeout()), (vec!["127.0.0.1:2181".to_owned()], "/nerve/web", Duration::from_secs(10)));
+        let l = load(&format!("{HEAD}    discovery: {{method: zookeeper_poll, hosts: ['127.0.0.1:2181'], path: /nerve/web}}\n{containers}")).unwrap();
+        assert_eq!(web(&l).method(), "zookeeper");
+        // Serverset nodes: no default, and why.
+        let e = errors(&format!("{HEAD}    discovery: {{method: zookeeper, hosts: ['127.0.0.1:2181'], path: /x, decode: {{method: serverset}}}}\n{containers}"));
+        assert!(e[0].contains("services.web.announce.to: required: this service's ZooKeeper discovery decodes `serverset` nodes"), "{e:?}");
+        // Explicit arms, with their settings checked at their keys.
+        let l = load(&format!("{HEAD}{ETCD}{containers}      to: {{method: consul, ttl: 5, deregister_critical_after: 120}}\n")).unwrap();
+        let AnnounceTo::Consul(c) = web(&l) else { panic!() };
+        assert_eq!(c.ttl(), Duration::from_secs(5));
+        let l = load(&format!("{HEAD}{ETCD}{containers}      to: {{method: zookeeper, hosts: ['127.0.0.1:2181'], path: /s/web, session_timeout: 4}}\n")).unwrap();
+        let AnnounceTo::Zookeeper(z) = web(&l) else { panic!() };
+        assert_eq!(z.session_timeout(), Duration::from_secs(4));
+        let e = errors(&format!("{HEAD}{ETCD}{containers}      to: {{method: consul, ttl: 0.1, tags: ['']}}\n"));
+        let keys: Vec<&str> = e.iter().map(|e| e.split(": ").nth(1).unwrap_or("")).collect();
+        assert_eq!(keys, ["services.web.announce.to.tags[0]", "services.web.announce.to.ttl"], "{e:?}");
+        let e = errors(&format!("{HEAD}{ETCD}{containers}      to: {{method: zookeeper, hosts: [], path: s}}\n"));
+        let keys: Vec<&str> = e.iter().map(|e| e.split(": ").nth(1).unwrap_or("")).collect();
+        assert_eq!(keys, ["services.web.announce.to.hosts", "services.web.announce.to.path"], "{e:?}");
+        let e = errors(&format!("{HEAD}{ETCD}{containers}      to: {{method: zookeeper, hosts: ['a:1'], path: /s, ttl: 3}}\n"));
+        assert!(e[0].contains("services.web.announce.to") && e[0].contains("ttl"), "{e:?}");
+        // Two services announcing to the same Consul service or ZooKeeper path.
+        let two = format!("{HEAD}{ETCD}{containers}      to: {{method: consul}}\n  api:\n    discovery: {{method: static}}\n    announce: {{containers: {{}}, address: 127.0.0.1, to: {{method: consul, service: web}}}}\n");
+        let e = errors(&two);
+        assert!(e.len() == 1 && e[0].contains("services.web.announce.to: service `api` announces to consul service \"web\" already"), "{e:?}");
+        assert!(load(&two.replace("service: web}", "service: api}")).is_ok());
+        let two = format!("{HEAD}{ETCD}{containers}      to: {{method: zookeeper, hosts: ['a:1'], path: /s}}\n  api:\n    discovery: {{method: static}}\n    announce: {{containers: {{}}, address: 127.0.0.1, to: {{method: zookeeper, hosts: ['b:1'], path: /s}}}}\n");
+        assert!(errors(&two)[0].contains("announces to zookeeper path /s already"));
     }
 }

@@ -54,6 +54,8 @@ fn target(loaded: &Loaded, name: &ServiceName) -> Option<String> {
     let owner = loaded.owner.clone()?;
     match &announce.to {
         AnnounceTo::Etcd(e) => e.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
+        AnnounceTo::Consul(c) => c.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
+        AnnounceTo::Zookeeper(z) => z.registry(owner, &loaded.source_context(name)).ok().map(|r| r.target()),
     }
 }
 
@@ -84,6 +86,8 @@ impl Announcers {
         ));
         let started = match &announce.to {
             AnnounceTo::Etcd(e) => e.registry(owner.clone(), &cx).map(|r| spawn_loop(r, drx, previous)),
+            AnnounceTo::Consul(c) => c.registry(owner.clone(), &cx).map(|r| spawn_loop(r, drx, previous)),
+            AnnounceTo::Zookeeper(z) => z.registry(owner.clone(), &cx).map(|r| spawn_loop(r, drx, previous)),
         };
         let (stop, task, status) = match started {
             Ok(s) => s,

@@ -11,6 +11,9 @@
 //! supervisor reopens it with backoff and the service keeps its backends meanwhile. The same
 //! fault again at the next opening is not reported again.
 //!
+//! [`announce`] is the other half: this host's instances registered with its local agent
+//! (`announce.to: {method: consul}`), with a TTL check myelin keeps passing.
+//!
 //! [`catalog`] finds the Consul services that carry a tag (`/v1/catalog/services`, blocking
 //! too), and turns each into a myelin service's settings from a template.
 //!
@@ -20,12 +23,15 @@
 //! sent in the `X-Consul-Token` header (marked sensitive), never in a URL.
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod catalog;
+mod client;
 pub mod payload;
 mod settings;
 mod source;
 
 pub use myelin_core::Discovered;
 pub use settings::{ConsulConfig, Endpoint, Env, Token, TokenFrom, DEFAULT_ADDRESS, DEFAULT_WAIT};
+pub use announce::{ConsulAnnounce, ConsulRegistry};
 pub use catalog::{CatalogSource, DEFAULT_PORT_TAG};
 pub use source::{ConsulSource, Query};

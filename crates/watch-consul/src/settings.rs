@@ -178,7 +178,7 @@ impl ConsulConfig {
 
 /// An address as Consul's tools take it: a URL, or `host:port` (HTTPS when `CONSUL_HTTP_SSL`
 /// is true).
-fn parse_address(raw: &str, ssl: bool) -> Result<reqwest::Url, String> {
+pub(crate) fn parse_address(raw: &str, ssl: bool) -> Result<reqwest::Url, String> {
     let raw = raw.trim();
     let with_scheme = if raw.contains("://") { raw.to_owned() } else { format!("{}://{raw}", if ssl { "https" } else { "http" }) };
     let url = reqwest::Url::parse(&with_scheme).map_err(|e| format!("{raw:?} is not an HTTP address: {e}"))?;

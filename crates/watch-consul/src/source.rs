@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use myelin_core::{Discovered, Update};
 use myelin_source::{SourceError, UpdateStream};
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::payload::{self, Selection};
-use crate::settings::{ConsulConfig, Endpoint, Env, TokenFrom};
+use crate::client::Agent;
+use crate::settings::{ConsulConfig, Endpoint, Env};
 
 /// Requests start at least this far apart, whatever the index does (Consul asks clients of
 /// blocking queries to rate-limit).
@@ -19,8 +20,6 @@ const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// After an answer whose index did not move, the next request starts at least this long after
 /// the previous one started: an index that never moves cannot make a hot loop.
 const SAME_INDEX_INTERVAL: Duration = Duration::from_secs(1);
-/// Connecting to the agent.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to `wait` + `wait/16` (Consul's jitter) before a blocking query is given up.
 const SLACK: Duration = Duration::from_secs(2);
 /// How much of an error body is shown.
@@ -59,57 +58,9 @@ impl Query {
     /// A query of `path` (segments, escaped here) with `params`. Reads the token file and the
     /// TLS files now, so a new connection picks up rotated ones.
     pub async fn connect(ep: &Endpoint, path: &[&str], params: Vec<(String, String)>, settings: &ConsulConfig, origin: String) -> Result<Self, SourceError> {
-        let failed = |what: String| SourceError::failed(origin.clone(), what);
-        let mut headers = HeaderMap::new();
-        let token_from = match &ep.token {
-            TokenFrom::None => "no ACL token".to_owned(),
-            TokenFrom::Value(_) => "the ACL token from the config or CONSUL_HTTP_TOKEN".to_owned(),
-            TokenFrom::File(p) => format!("the ACL token in {}", p.display()),
-        };
-        let secret = match &ep.token {
-            TokenFrom::None => None,
-            TokenFrom::Value(t) => Some(t.secret().to_owned()),
-            TokenFrom::File(p) => {
-                let text = tokio::fs::read_to_string(p).await.map_err(|e| SourceError::failed_with(origin.clone(), format!("cannot read the token file {}", p.display()), e))?;
-                Some(text.trim().to_owned())
-            }
-        };
-        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-            let mut v = HeaderValue::from_str(&secret).map_err(|_| failed(format!("{token_from} is not a valid header value")))?;
-            v.set_sensitive(true);
-            headers.insert("x-consul-token", v);
-        }
-        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).use_rustls_tls();
-        let mut url = ep.base.clone();
-        if let Some(ca) = &ep.ca_file {
-            let pem = tokio::fs::read(ca).await.map_err(|e| SourceError::failed_with(origin.clone(), format!("cannot read {}", ca.display()), e))?;
-            let no_ca = || format!("no CA certificate in {}", ca.display());
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SourceError::failed_with(origin.clone(), no_ca(), e))?;
-            if certs.is_empty() {
-                return Err(failed(no_ca()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let (Some(cert), Some(key)) = (&ep.cert_file, &ep.key_file) {
-            let mut pem = tokio::fs::read(cert).await.map_err(|e| SourceError::failed_with(origin.clone(), format!("cannot read {}", cert.display()), e))?;
-            pem.push(b'\n');
-            pem.extend(tokio::fs::read(key).await.map_err(|e| SourceError::failed_with(origin.clone(), format!("cannot read {}", key.display()), e))?);
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| SourceError::failed_with(origin.clone(), format!("no client certificate and key in {} and {}", cert.display(), key.display()), e))?;
-            builder = builder.identity(id);
-        }
-        if let Some(name) = ep.server_name.as_deref().filter(|n| ep.base.scheme() == "https" && Some(*n) != ep.base.host_str()) {
-            // reqwest verifies the certificate against the URL's host: ask for `name` and
-            // resolve it to the address's own.
-            let host = ep.base.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-            let port = ep.base.port_or_known_default().unwrap_or(443);
-            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| SourceError::unreachable(origin.clone(), e))?.collect();
-            builder = builder.resolve_to_addrs(name, &addrs);
-            url.set_host(Some(name)).map_err(|e| failed(format!("server_name {name:?}: {e}")))?;
-        }
-        let client = builder.build().map_err(|e| SourceError::failed_with(origin.clone(), "cannot set up the HTTP client", e))?;
-        url.path_segments_mut().map_err(|()| failed("the address cannot have a path".into()))?.pop_if_empty().extend(path);
+        let agent = Agent::connect(ep, &origin).await?;
+        let url = agent.url(path).map_err(|what| SourceError::failed(origin.clone(), what))?;
+        let Agent { client, headers, token_from, .. } = agent;
         Ok(Self {
             client,
             url,

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use myelin_core::Discovered;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Values longer than this are refused unread.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -36,25 +36,9 @@ pub enum RegistrationError {
     Json(String),
 }
 
-/// One instance's registration, as Nerve writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Registration {
-    pub host: String,
-    pub port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u16>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Registration {
-    /// The JSON value to store under `<path>/<instance-id>`.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a map of strings always serializes")
-    }
-}
+/// What myelin writes: defined in `myelin-announce` (the ZooKeeper backend writes it too, and
+/// no watcher crate depends on another), re-exported here beside its parser.
+pub use myelin_announce::Registration;
 
 /// A JSON value that is a string, a number, or (for labels) a boolean, kept as text.
 #[derive(Deserialize)]

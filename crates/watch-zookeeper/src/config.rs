@@ -70,7 +70,7 @@ const POLL_DEFAULT: f64 = 60.0;
 
 /// ZooKeeper's rule for a path: absolute, no empty, `.` or `..` segment, no trailing `/`
 /// (but `/` itself), no control characters.
-fn check_zk_path(p: &str) -> Result<(), &'static str> {
+pub(crate) fn check_zk_path(p: &str) -> Result<(), &'static str> {
     if !p.starts_with('/') {
         return Err("must start with `/`");
     }
@@ -90,7 +90,7 @@ fn check_zk_path(p: &str) -> Result<(), &'static str> {
 }
 
 /// `hosts` as the client's connect string, `h1:p1,h2:p2[/chroot]`, or the problems with it.
-fn connect_string(hosts: &[String]) -> Result<String, Vec<SettingsProblem>> {
+pub(crate) fn connect_string(hosts: &[String]) -> Result<String, Vec<SettingsProblem>> {
     let mut problems = Vec::new();
     if hosts.is_empty() {
         problems.push(SettingsProblem::new("hosts", "must list at least one `host:port`"));

@@ -14,12 +14,17 @@
 //! `Reset`. Node data becomes records through the pure functions of [`payload`]; a malformed
 //! node is skipped and reported (`SourceError::Entry`, naming the node). This crate knows
 //! nothing of HAProxy.
+//!
+//! [`announce`] is the other half: this host's instances as ephemeral Nerve nodes
+//! (`announce.to: {method: zookeeper}`).
 #![forbid(unsafe_code)]
 
+pub mod announce;
 mod config;
 pub mod payload;
 mod source;
 
+pub use announce::{ZookeeperAnnounce, ZookeeperRegistry};
 pub use config::{DecodeConfig, DecodeMethod, ZookeeperConfig, ZookeeperPollConfig};
 pub use payload::{Format, Instance};
 pub use source::{Mode, Settings, ZookeeperSource, SESSION_TIMEOUT};

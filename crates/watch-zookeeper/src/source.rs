@@ -277,8 +277,13 @@ impl Run {
                 }
                 Some((child, ev)) = self.data_watches.next(), if !self.data_watches.is_empty() => match ev.event_type {
                     EventType::NodeDataChanged if self.members.contains(&child) => return Ok(Fired::Data(child)),
+                    // Deleted: the children watch says so, unless it was replaced by a node of
+                    // the same name in one transaction (an announcer's new session taking over
+                    // its previous session's node), which a listing cannot tell from no change.
+                    // Read it again: gone (nothing to do), or the new node's data.
+                    EventType::NodeDeleted if self.members.contains(&child) => return Ok(Fired::Data(child)),
                     EventType::Session => return Err(Stop::Lost(lost_state(&self.origin, ev.session_state))),
-                    // Deleted (the children watch says so too), or no longer listed.
+                    // No longer listed.
                     _ => {}
                 },
                 s = state.changed() => {
@@ -307,7 +312,8 @@ impl Run {
         }
     }
 
-    /// A child's data changed: read it again and tell the store.
+    /// A child's data changed, or it was deleted (and perhaps created again): read it again and
+    /// tell the store.
     async fn reread(&mut self, client: &Client, child: String) -> Result<(), Stop> {
         let (path, r) = self.read(client, child.clone()).await;
         debug!(origin = %self.origin, node = ?path, "A node's data changed.");

@@ -57,18 +57,17 @@ pub(super) fn announce(cx: &mut Ctx, path: &KeyPath, a: &AnnounceConfig, discove
     let to = match &a.to {
         Some(to) => Some(to.clone()),
         None => {
-            let d = AnnounceTo::from_discovery(discovery);
-            if d.is_none() {
-                cx.error_near(
-                    &path.key("to"),
-                    path,
-                    format!(
-                        "required: this service discovers with `{}`, not a registry myelin announces to; say where, e.g. `to: {{method: etcd, endpoints: [http://127.0.0.1:2379], path: /services/NAME}}`",
-                        discovery.method()
-                    ),
-                );
+            match AnnounceTo::default_for(discovery) {
+                Ok(d) => Some(d),
+                Err(why) => {
+                    cx.error_near(
+                        &path.key("to"),
+                        path,
+                        format!("required: {why}; say where, e.g. `to: {{method: etcd, endpoints: [http://127.0.0.1:2379], path: /services/NAME}}`"),
+                    );
+                    None
+                }
             }
-            d
         }
     };
     if let Some(to) = &to {

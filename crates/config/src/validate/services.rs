@@ -65,7 +65,7 @@ fn announce_clashes(cx: &mut Ctx, runtimes: &BTreeMap<ServiceName, ServiceRuntim
     let mut seen: BTreeMap<String, &ServiceName> = BTreeMap::new();
     for (name, r) in runtimes {
         let Some(a) = &r.announce else { continue };
-        let location = a.to.location();
+        let location = a.to.location(name);
         if let Some(first) = seen.get(&location) {
             let at = KeyPath::root().key("services").key(name.as_str()).key("announce");
             cx.error_near(
