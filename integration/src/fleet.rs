@@ -161,7 +161,10 @@ impl Host {
     fn start(owner: &str, engine: &'static HostEngine, cluster: &Cluster, prefix: &str, label: &str, ttl: u32) -> Result<Host> {
         let endpoints = cluster.yaml_endpoints();
         let discovery = format!("method: etcd\nendpoints: {endpoints}\npath: {prefix}\n");
-        let to = format!("method: etcd\nendpoints: {endpoints}\npath: {prefix}\nttl: {ttl}\n");
+        // Each etcd request of the announcer waits 1 s at most: after a member is lost, the
+        // reconnection (a lease grant, a list) must finish within what is left of the lease,
+        // and the default `timeout` (5 s) does not fit in the tests' 3 s TTL.
+        let to = format!("method: etcd\nendpoints: {endpoints}\npath: {prefix}\nttl: {ttl}\ntimeout: 1\n");
         Self::start_with(owner, engine, &discovery, Some(&to), label)
     }
 
