@@ -164,8 +164,19 @@ impl EtcdRegistry {
     }
 
     /// Connect to one member: a client, a new lease and its keep-alive stream, and the ids of
-    /// this owner under the prefix.
+    /// this owner under the prefix. The whole attempt is bounded by a third of the TTL (or
+    /// `timeout` when shorter): a member that does not answer (a leader election, a partition)
+    /// is left while the previous lease still keeps this host's keys, so that the next member
+    /// can re-put them on a new lease before they expire.
     async fn connect_to(&self, i: usize) -> Result<(Conn, BTreeSet<InstanceId>), SourceError> {
+        let ep = &self.settings.endpoints[i];
+        let bound = self.settings.timeout.min(self.keepalive_every());
+        tokio::time::timeout(bound, self.connect_steps(i))
+            .await
+            .map_err(|_| SourceError::unreachable(crate::source::origin(ep), TimedOut(bound)))?
+    }
+
+    async fn connect_steps(&self, i: usize) -> Result<(Conn, BTreeSet<InstanceId>), SourceError> {
         let ep = &self.settings.endpoints[i];
         let options = connect_options(&self.settings)?;
         let timeout = self.settings.timeout;
