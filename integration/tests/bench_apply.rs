@@ -67,12 +67,13 @@ fn run(changes: usize, runtime: bool) {
     if let Some(keep) = std::env::var_os("BENCH_KEEP_LOG") {
         std::fs::write(keep, &log).unwrap();
     }
+    // Each apply through the runtime API logs the commands it sent.
     let commands: u64 = log
         .lines()
-        .filter_map(|l| l.split("runtime_commands_total=").nth(1))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .last()
-        .unwrap_or(0);
+        .filter(|l| l.contains("Applied through the runtime API"))
+        .filter_map(|l| l.split(" commands=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
     let per = |n: u64| n as f64 * 1000.0 / changes as f64;
     println!(
         "BENCH {} path, {changes} changes: update -> applied {}; reloads {reloads} ({:.0} per 1,000 changes); runtime commands {commands} ({:.0} per 1,000 changes)",
