@@ -184,6 +184,16 @@ fn admin_listener_defaults_to_loopback_and_bad_binds_are_errors() {
     assert!(e.contains("admin.bind") && e.contains("1 to 65535"), "{e}");
     let e = err(&format!("{MIN}admin: {{bnd: 1}}\n"));
     assert!(e.contains("did you mean `bind`?"), "{e}");
+    // Found by the fuzz suite: "invalid type: integer `...` as u128, expected any value".
+    for (bind, why) in [("18446744073709551616", "port 18446744073709551616 is not from 1 to 65535"), ("-1", "port -1 is not from 1 to 65535"), ("80.5", "80.5 is not a port number"), ("[1]", "invalid type: sequence, expected a port number or \"ADDRESS:PORT\"")] {
+        let e = err(&format!("{MIN}admin: {{bind: {bind}}}\n"));
+        assert!(e.ends_with(&format!("admin.bind: {why}")), "{e}");
+    }
+    // The same in a port and a duration.
+    let e = err(&format!("services:\n  web: {{discovery: {{method: static}}, haproxy: {{port: 18446744073709551616}}}}\n{MIN}"));
+    assert!(e.ends_with("services.web.haproxy.port: 18446744073709551616 is too large (at most 18446744073709551615)"), "{e}");
+    let e = err("haproxy:\n  do_reloads: false\n  drain_timeout: 18446744073709551616\n");
+    assert!(e.ends_with("haproxy.drain_timeout: 18446744073709552000 is not a number of seconds from 0 to 315360000"), "{e}");
 }
 
 #[test]
