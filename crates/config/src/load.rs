@@ -94,6 +94,33 @@ fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded
     Ok(loaded)
 }
 
+/// serde's names for what it expected, in an operator's words: `struct ServiceHaproxy` is a
+/// mapping, `u64` a whole number.
+fn plain_words(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected internally tagged enum ", "expected a mapping with a `method`"),
+        ("expected struct ", "expected a mapping"),
+        ("expected enum ", "expected a name"),
+        // serde_yaml_ng's words for a list or mapping where a name (a unit variant) belongs.
+        ("expected a YAML tag starting with '!'", "expected a name"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ];
+    let mut out = message.to_owned();
+    for (serde, plain) in WORDS {
+        if let Some(i) = out.find(serde) {
+            // A type name follows the words that end with a space: it goes too.
+            let rest = &out[i + serde.len()..];
+            let name = if serde.ends_with(' ') { rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len()) } else { 0 };
+            out = format!("{}{plain}{}", &out[..i], &rest[name..]);
+        }
+    }
+    out
+}
+
 /// Keep the first [`MAX_ERRORS`] errors, and say how many more there were.
 fn cap(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
     if errors.len() > MAX_ERRORS {
@@ -192,6 +219,7 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
             if message.starts_with("a ") {
                 message = format!("expected {message}");
             }
+            let message = plain_words(&message);
             let pos = Positions::new(vec![index]);
             let (line, column) = match (pos.exists(&at), inner.location()) {
                 (true, _) | (false, None) => {

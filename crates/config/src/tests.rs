@@ -631,3 +631,20 @@ fn consul_discovery_keys_aliases_and_checks() {
     let e = err(&format!("services:\n  web:\n    discovery: {{method: consul, wait: 0.5, max_stale: 1}}\n{MIN}"));
     assert!(e.contains("services.web.discovery.wait") && e.contains("services.web.discovery.max_stale"), "{e}");
 }
+
+/// Found by the fuzz suite: serde's type names (`struct ServiceHaproxy`, `u64`) reached the
+/// operator.
+#[test]
+fn errors_name_no_rust_types() {
+    let svc = |rest: &str| format!("services:\n  web:\n    discovery: {{method: static}}\n{rest}{MIN}");
+    for (text, expected) in [
+        ("s\n".to_owned(), format!("{T}:1:1: invalid type: string \"s\", expected a mapping")),
+        (svc("    haproxy: x\n"), format!("{T}:4:14: services.web.haproxy: invalid type: string \"x\", expected a mapping")),
+        ("services:\n  web:\n    discovery: file\n".to_owned(), format!("{T}:3:16: services.web.discovery: invalid type: string \"file\", expected a mapping with a `method`")),
+        (svc("    haproxy: {backend_order: [asc]}\n"), format!("{T}:4:15: services.web.haproxy.backend_order: invalid type: sequence, expected a name")),
+        ("haproxy:\n  do_reloads: false\n  server_order_seed: x\n".to_owned(), format!("{T}:3:22: haproxy.server_order_seed: invalid type: string \"x\", expected a whole number")),
+        ("haproxy:\n  do_reloads: false\n  restart_jitter: x\n".to_owned(), format!("{T}:3:19: haproxy.restart_jitter: invalid type: string \"x\", expected a number")),
+    ] {
+        assert_eq!(err(&text), expected, "{text}");
+    }
+}
