@@ -103,12 +103,22 @@ fn plain_words(message: &str) -> String {
         ("expected enum ", "expected a name"),
         // serde_yaml_ng's words for a list or mapping where a name (a unit variant) belongs.
         ("expected a YAML tag starting with '!'", "expected a name"),
+        // A YAML tag (`!x value`) where an untagged or internally tagged enum is read.
+        ("untagged and internally tagged enums do not support enum input", "a tagged value (`!tag`) is not accepted here"),
         ("expected u64", "expected a whole number"),
         ("expected u32", "expected a whole number"),
         ("expected u16", "expected a whole number"),
         ("expected i64", "expected a whole number"),
         ("expected f64", "expected a number"),
     ];
+    // serde buffers what an untagged or internally tagged enum (such as `discovery`) reads,
+    // and that buffer holds no integer wider than 64 bits.
+    for width in ["u128", "i128"] {
+        let tail = format!("` as {width}, expected any value");
+        if let Some(n) = message.strip_prefix("invalid type: integer `").and_then(|r| r.strip_suffix(tail.as_str())) {
+            return format!("{n} is out of range for any setting (write it in quotes if it is text)");
+        }
+    }
     let mut out = message.to_owned();
     for (serde, plain) in WORDS {
         if let Some(i) = out.find(serde) {
