@@ -55,7 +55,7 @@ impl<'de> Deserialize<'de> for Number {
                 Ok(Number(n))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Number, E> {
-                u64::try_from(n).map(Number).map_err(|_| E::custom(format!("{n} is not a whole number from 0")))
+                u64::try_from(n).map(Number).map_err(|_| E::custom(format!("{n} is negative: expected a whole number")))
             }
             fn visit_u128<E: de::Error>(self, n: u128) -> Result<Number, E> {
                 u64::try_from(n).map(Number).map_err(|_| E::custom(format!("{n} is too large (at most {})", u64::MAX)))
@@ -171,7 +171,7 @@ mod tests {
         let err = |yaml: &str| serde_yaml_ng::from_str::<S>(yaml).unwrap_err().to_string();
         assert!(err("n: 18446744073709551616").starts_with("n: 18446744073709551616 is too large (at most 18446744073709551615)"), "{}", err("n: 18446744073709551616"));
         assert!(err("n: -170141183460469231731687303715884105728").contains("is not a whole number from 0"));
-        assert!(err("n: -1").starts_with("n: -1 is not a whole number from 0"));
+        assert!(err("n: -1").starts_with("n: -1 is negative: expected a whole number"));
         assert!(err("n: 80.5").starts_with("n: 80.5 is not a whole number"));
         assert!(err("n: [1]").contains("expected a whole number"));
         assert!(err("s: 18446744073709551616").starts_with("s: 18446744073709552000 is not a number of seconds from 0 to 315360000"), "{}", err("s: 18446744073709551616"));
