@@ -64,7 +64,19 @@ fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded
     let mut files = vec![index];
     if let Some(dir) = &config.service_conf_dir {
         let dir = resolve(path, dir);
-        for (file, name, index, svc) in read_service_dir(&dir)? {
+        // A directory that cannot be read is an error of the key that names it.
+        let at = KeyPath::root().key("service_conf_dir");
+        let pos = Positions::new(vec![files[0].clone()]).locate(&at).1;
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            vec![ConfigError {
+                file: path.into(),
+                line: pos.map(|p| p.line),
+                column: pos.map(|p| p.column),
+                path: at.to_string(),
+                message: format!("cannot read directory {}: {e}", dir.display()),
+            }]
+        })?;
+        for (file, name, index, svc) in read_service_dir(entries)? {
             if config.services.contains_key(&name) {
                 let at = KeyPath::root().key("services").key(name.as_str());
                 let first = Positions::new(vec![files[0].clone()]).locate(&at).1.map_or(String::new(), |p| format!(" (line {})", p.line));
@@ -154,9 +166,7 @@ pub(crate) fn resolve(config_file: &Path, p: &Path) -> PathBuf {
 /// A `service_conf_dir` file: its path, the service's name, its positions and its settings.
 type ServiceFile = (PathBuf, String, FileIndex, ServiceConfig);
 
-fn read_service_dir(dir: &Path) -> Result<Vec<ServiceFile>, Vec<ConfigError>> {
-    let err = |message: String| vec![ConfigError { file: dir.into(), line: None, column: None, path: "service_conf_dir".into(), message }];
-    let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot read directory: {e}")))?;
+fn read_service_dir(entries: std::fs::ReadDir) -> Result<Vec<ServiceFile>, Vec<ConfigError>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("json" | "yaml" | "yml")))

@@ -146,6 +146,12 @@ fn service_conf_dir_adds_services() {
     let l = load(&main).unwrap();
     assert_eq!(l.spec.services.len(), 1);
     assert_eq!(l.spec.services.keys().next().unwrap().as_str(), "api");
+    // A directory that cannot be read: the error is the key's, in the main file (it named the
+    // directory alone, without a position).
+    std::fs::write(&main, "haproxy: {do_reloads: false}\nservice_conf_dir: nope\n").unwrap();
+    let e = load(&main).unwrap_err();
+    let nope = dir.path().join("nope");
+    assert_eq!(e[0].to_string(), format!("{}:2:19: service_conf_dir: cannot read directory {}: No such file or directory (os error 2)", main.display(), nope.display()));
 }
 
 #[test]
