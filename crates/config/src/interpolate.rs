@@ -15,9 +15,9 @@ pub(crate) fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> R
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        if after.starts_with("${") {
+        if let Some(r) = after.strip_prefix("${") {
             out.push_str("${");
-            rest = &after[2..];
+            rest = r;
             continue;
         }
         if !after.starts_with('{') {

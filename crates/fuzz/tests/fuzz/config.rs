@@ -80,9 +80,10 @@ enum Kind {
 
 use Kind::*;
 
-const NUM: &[&str] = &["1", "80", "8080", "65535", "0", "2.5", "'30'", "1e3"];
+const NUM: &[&str] = &["1", "80", "8080", "65535", "'30'"];
+const SECS: &[&str] = &["1", "2.5", "30", "'5'"];
 const TEXT: &[&str] = &["web", "a.b", "x", "/etc/x.yaml", "127.0.0.1"];
-const BOOL: &[&str] = &["true", "false", "yes", "0"];
+const BOOL: &[&str] = &["true", "false"];
 const LINES: &[&str] = &["mode http", "timeout connect 5s", "option httpchk GET /", "contimeout 5000", "balance roundrobin", "acl a path /x"];
 const HOSTS: &[&str] = &["127.0.0.1", "192.0.2.7", "::1", "db.example", "localhost"];
 const LABEL_FILTER: &[(&str, Kind)] = &[("label", Scalar(&["az"])), ("value", Scalar(&["a"])), ("condition", Scalar(&["equals", "not-equals", "eq"]))];
@@ -113,7 +114,7 @@ const METHODS: &[(&str, &[(&str, Kind)])] = &[
             ("name_pattern", Scalar(&["web-*", "*"])),
             ("address", Scalar(&["published", "container", "host"])),
             ("require_healthy", Scalar(BOOL)),
-            ("check_interval", Scalar(NUM)),
+            ("check_interval", Scalar(SECS)),
             ("label_filters", Maps(LABEL_FILTER)),
         ],
     ),
@@ -131,9 +132,9 @@ const METHODS: &[(&str, &[(&str, Kind)])] = &[
             ("ca_file", Scalar(TEXT)),
             ("token", Scalar(&["s3cret"])),
             ("token_file", Scalar(TEXT)),
-            ("wait", Scalar(NUM)),
+            ("wait", Scalar(SECS)),
             ("stale", Scalar(BOOL)),
-            ("max_stale", Scalar(NUM)),
+            ("max_stale", Scalar(SECS)),
             ("tagged_address", Scalar(&["wan", "lan"])),
             ("label_filters", Maps(LABEL_FILTER)),
         ],
@@ -148,7 +149,7 @@ const METHODS: &[(&str, &[(&str, Kind)])] = &[
             ("user", Scalar(TEXT)),
             ("password", Scalar(TEXT)),
             ("tls", Map(ETCD_TLS)),
-            ("timeout", Scalar(NUM)),
+            ("timeout", Scalar(SECS)),
             ("label_filters", Maps(LABEL_FILTER)),
         ],
     ),
@@ -158,7 +159,7 @@ const METHODS: &[(&str, &[(&str, Kind)])] = &[
             ("hosts", List(&["127.0.0.1:2181", "zk1", "[::1]:2181"])),
             ("path", Scalar(&["/nerve/web", "/", "x"])),
             ("decode", Map(DECODE)),
-            ("discovery_jitter", Scalar(NUM)),
+            ("discovery_jitter", Scalar(SECS)),
             ("label_filters", Maps(LABEL_FILTER)),
         ],
     ),
@@ -168,7 +169,7 @@ const METHODS: &[(&str, &[(&str, Kind)])] = &[
             ("hosts", List(&["127.0.0.1:2181"])),
             ("path", Scalar(&["/nerve/web"])),
             ("decode", Map(DECODE)),
-            ("polling_interval_sec", Scalar(NUM)),
+            ("polling_interval_sec", Scalar(SECS)),
             ("label_filters", Maps(LABEL_FILTER)),
         ],
     ),
@@ -201,25 +202,25 @@ const HAPROXY: &[(&str, Kind)] = &[
     ("do_checks", Scalar(BOOL)),
     ("check_command", Scalar(&["haproxy -c -f /x", "[]"])),
     ("bind_address", Scalar(&["127.0.0.1", "0.0.0.0"])),
-    ("restart_interval", Scalar(NUM)),
+    ("restart_interval", Scalar(SECS)),
     ("restart_jitter", Scalar(&["0", "0.5", "1", "2", "-0.1"])),
     ("socket_file_path", Scalar(&["/run/haproxy.sock"])),
     ("do_socket", Scalar(BOOL)),
     ("state_file_path", Scalar(TEXT)),
-    ("state_file_ttl", Scalar(NUM)),
+    ("state_file_ttl", Scalar(SECS)),
     ("server_order_seed", Scalar(NUM)),
     ("max_server_id", Scalar(NUM)),
     ("master_socket_path", Scalar(TEXT)),
-    ("drain_timeout", Scalar(NUM)),
+    ("drain_timeout", Scalar(SECS)),
     ("server_state_file", Scalar(TEXT)),
-    ("verify_interval", Scalar(NUM)),
+    ("verify_interval", Scalar(SECS)),
     ("use_nerve_weights", Scalar(BOOL)),
 ];
 
 /// A key: usually one of the vocabulary, sometimes misspelt or hostile.
 fn key(k: &'static str) -> BoxedStrategy<String> {
     prop_oneof![
-        20 => Just(k.to_owned()),
+        40 => Just(k.to_owned()),
         1 => Just(format!("{k}x")),
         1 => Just(k.chars().skip(1).collect::<String>()).prop_filter("a key", |s| !s.is_empty()),
         1 => hostile().prop_flat_map(yaml_scalar),
@@ -230,8 +231,8 @@ fn key(k: &'static str) -> BoxedStrategy<String> {
 fn scalar(good: &'static [&'static str]) -> BoxedStrategy<Val> {
     // The valid values are written as they are (they are YAML already); hostile text is quoted.
     prop_oneof![
-        3 => prop::sample::select(good).prop_map(|g| Val::S(g.to_owned())),
-        2 => hostile().prop_flat_map(yaml_scalar).prop_map(Val::S),
+        6 => prop::sample::select(good).prop_map(|g| Val::S(g.to_owned())),
+        1 => hostile().prop_flat_map(yaml_scalar).prop_map(Val::S),
     ]
     .boxed()
 }
@@ -244,22 +245,32 @@ fn node(kind: Kind, depth: u32) -> BoxedStrategy<Val> {
         Map(keys) => map(keys, depth + 1),
         Free(names, inner) => {
             let inner = *inner;
-            prop::collection::vec((value(names).prop_flat_map(yaml_scalar), node(inner, depth + 1)), 0..3).prop_map(Val::M).boxed()
+            prop::collection::vec((value(names).prop_flat_map(yaml_scalar), node(inner, depth + 1)), 0..3).prop_map(|v| Val::M(distinct(v))).boxed()
         }
     };
     // Sometimes the wrong shape altogether.
-    prop_oneof![12 => shaped, 1 => scalar(&["1", "x", "[]", "{}", "~"])].boxed()
+    prop_oneof![30 => shaped, 1 => scalar(&["1", "x", "[]", "{}", "~"])].boxed()
 }
 
-/// A mapping with some of `keys` (in any order), sometimes one given twice.
+/// Keys a mapping needs (for some kind or section): present in most documents.
+const REQUIRED: &[&str] = &["method", "output_directory", "bind", "hosts", "path", "tag", "host", "port", "label", "value"];
+
+/// A mapping with some of `keys` (in any order; the required ones mostly), sometimes one given
+/// twice.
 fn map(keys: &'static [(&'static str, Kind)], depth: u32) -> BoxedStrategy<Val> {
     if depth > 6 {
         return Just(Val::M(vec![])).boxed();
     }
     let n = keys.len();
-    (prop::sample::subsequence(keys.to_vec(), 0..=n), any::<prop::sample::Index>(), prop::bool::weighted(0.05))
-        .prop_flat_map(move |(chosen, dup, twice)| {
+    let required = prop::collection::vec(prop::bool::weighted(0.95), n);
+    (prop::sample::subsequence(keys.to_vec(), 0..=n), required, any::<prop::sample::Index>(), prop::bool::weighted(0.05))
+        .prop_flat_map(move |(chosen, required, dup, twice)| {
             let mut chosen = chosen;
+            for (i, k) in keys.iter().enumerate() {
+                if REQUIRED.contains(&k.0) && required[i] && !chosen.iter().any(|c| c.0 == k.0) {
+                    chosen.push(*k);
+                }
+            }
             if twice && !chosen.is_empty() {
                 let again = chosen[dup.index(chosen.len())];
                 chosen.push(again);
@@ -270,10 +281,17 @@ fn map(keys: &'static [(&'static str, Kind)], depth: u32) -> BoxedStrategy<Val> 
         .boxed()
 }
 
+/// Free keys given once (a key given twice is a case of its own, made in `map`).
+fn distinct(mut entries: Vec<(String, Val)>) -> Vec<(String, Val)> {
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|(k, _)| seen.insert(k.clone()));
+    entries
+}
+
 /// One service: a discovery method with some of its keys, some `haproxy` keys, default servers.
 fn service() -> BoxedStrategy<Val> {
-    let method = prop_oneof![12 => prop::sample::select(METHODS), 1 => Just(("dockr", &[][..])), 1 => Just(("", &[][..]))];
-    (method, prop::bool::weighted(0.9))
+    let method = prop_oneof![40 => prop::sample::select(METHODS), 1 => Just(("dockr", &[][..])), 1 => Just(("", &[][..]))];
+    (method, prop::bool::weighted(0.97))
         .prop_flat_map(|((m, keys), with_method)| {
             let discovery = map(keys, 2).prop_map(move |v| {
                 let Val::M(mut entries) = v else { unreachable!() };
@@ -304,7 +322,7 @@ fn document() -> BoxedStrategy<String> {
     let services = prop::collection::vec((value(&["web", "api", "a.b", "x:y"]).prop_flat_map(yaml_scalar), service()), 0..3);
     let top: &'static [(&'static str, Kind)] = &[
         ("haproxy", Map(HAPROXY)),
-        ("admin", Map(&[("bind", Scalar(&["9213", "127.0.0.1:9213", "[::1]:0", "0"]))])),
+        ("admin", Map(&[("bind", Scalar(&["9213", "127.0.0.1:9213", "'[::1]:0'", "0"]))])),
         ("file_output", Map(&[("output_directory", Scalar(TEXT))])),
         ("statsd", Map(&[("host", Scalar(HOSTS)), ("port", Scalar(NUM)), ("sample_rate", Free(&["x"], &Scalar(&["0.5", "2"])))])),
         ("consul_services", Map(&[("tag", Scalar(&["myelin"])), ("port_tag", Scalar(&["p="]))])),
@@ -312,7 +330,7 @@ fn document() -> BoxedStrategy<String> {
     (services, map(top, 0), prop::bool::weighted(0.1))
         .prop_map(|(services, rest, json)| {
             let Val::M(mut entries) = rest else { unreachable!() };
-            entries.insert(0, ("services".to_owned(), Val::M(services.into_iter().map(|(k, v)| (k, v)).collect())));
+            entries.insert(0, ("services".to_owned(), Val::M(distinct(services))));
             if json {
                 flow(&Val::M(entries))
             } else {
@@ -326,6 +344,40 @@ fn document() -> BoxedStrategy<String> {
 
 /// Words of serde's and Rust's that an error must not show an operator.
 const JARGON: &[&str] = &["expected any value", "YAML tag", "as u128", "as i128", "u64", "u16", "i64", "f64", "struct ", "enum ", "Option<"];
+
+/// A message without what it quotes (`"..."`, `` `...` ``): the operator's own text may hold
+/// anything.
+fn unquoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in message.chars() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => quote = Some(c),
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether the YAML 1.2 parser that myelin's position index uses reads `text`. libyaml (which
+/// deserializes) accepts a few things it refuses, such as a quoted scalar whose next lines are
+/// indented less than its key; errors found after deserializing such a file have no position
+/// (a known limit, see `FileIndex::build`).
+fn strict_yaml(text: &str) -> bool {
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
+    loop {
+        match parser.next_token() {
+            Err(_) => return false,
+            Ok((yaml_rust2::parser::Event::StreamEnd, _)) => return true,
+            Ok(_) => {}
+        }
+    }
+}
 
 /// Errors a whole file can have, which no key can be blamed for.
 fn about_the_whole_file(message: &str) -> bool {
@@ -361,10 +413,11 @@ fn check(text: &str) -> Result<(), TestCaseError> {
                 let shown = e.to_string();
                 prop_assert!(!e.message.trim().is_empty(), "an empty message: {:?}", shown);
                 prop_assert!(!has_control(&shown), "a control character in an error: {:?}\n--- document:\n{}", shown, text);
-                prop_assert!(e.line.is_some() || about_the_whole_file(&e.message), "no position: {:?}\n--- document:\n{}", shown, text);
+                prop_assert!(e.line.is_some() || about_the_whole_file(&e.message) || !strict_yaml(text), "no position: {:?}\n--- document:\n{}", shown, text);
                 // serde's internals, not words for an operator.
+                let words = unquoted(&e.message);
                 for jargon in JARGON {
-                    prop_assert!(!e.message.contains(jargon), "{:?} in an error: {:?}\n--- document:\n{}", jargon, shown, text);
+                    prop_assert!(!words.contains(jargon), "{:?} in an error: {:?}\n--- document:\n{}", jargon, shown, text);
                 }
             }
         }
@@ -389,4 +442,23 @@ proptest! {
         }
         check(&text[..at])?;
     }
+}
+
+/// The generator is worth its cases: a good share of its documents load (and so reach
+/// validation across keys and rendering), the rest being errors of every kind.
+#[test]
+fn generated_documents_reach_validation() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = document();
+    let n = 400;
+    let loaded = (0..n)
+        .filter(|_| {
+            let text = strategy.new_tree(&mut runner).unwrap().current();
+            myelin_config::load_str(Path::new("/etc/myelin/fuzz.yaml"), &text).is_ok()
+        })
+        .count();
+    eprintln!("{loaded} of {n} generated documents load");
+    // 49 of 400 when this was written.
+    assert!(loaded * 20 >= n, "only {loaded} of {n} generated documents load");
 }
