@@ -3,7 +3,8 @@
 //! the same config rendered with no records, plus one `server` line per backend the store
 //! accepted (or the default servers when it accepted none), each exactly as the operator's
 //! `server_options` make it: nothing a record holds becomes a directive. A bounded sample is
-//! checked with `haproxy -c` as well.
+//! checked with `haproxy -c` as well, and the servers read back from the file (as myelin does
+//! at start-up) are the state it was rendered from.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,7 +108,10 @@ proptest! {
         for d in upserts {
             store.apply(&web_name, "", Update::Upsert(d));
         }
-        let cfg = myelin_haproxy::render(&DesiredState::build(spec, &store));
+        let desired = DesiredState::build(spec, &store);
+        let cfg = myelin_haproxy::render(&desired);
+        // At start-up myelin reads back the servers of the file it wrote: the same state.
+        prop_assert_eq!(myelin_haproxy::servers_on_disk(&cfg, &desired), Some(desired.clone()));
 
         // No line, section or directive but the servers differs from the baseline.
         prop_assert_eq!(without_servers(&cfg), without_servers(&baseline));
