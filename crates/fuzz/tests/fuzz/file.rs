@@ -83,9 +83,10 @@ proptest! {
         let i = at.index(entries.len() + 1);
         entries.insert(i, good);
         let text = entries.concat();
-        if let Ok((ok, _)) = parse_backends(&text) {
-            prop_assert!(ok.iter().any(|d| d.name.as_deref() == Some("good") && d.port == "80"), "{}", text);
-        }
+        let parsed = parse_backends(&text);
+        prop_assert!(parsed.is_ok(), "entries well-formed alone spoil the file together: {:?}\n{}", parsed, text);
+        let (ok, _) = parsed.unwrap();
+        prop_assert!(ok.iter().any(|d| d.name.as_deref() == Some("good") && d.port == "80"), "{}", text);
     }
 }
 
