@@ -140,6 +140,10 @@ fn sigkill_then_restart_with_the_source_gone_keeps_the_last_known_backends() {
     env.write_backends(&entries(&[&a, &b], &[1, 1]));
     assert!(wait_for(Duration::from_secs(5), || spray(env.frontend_port, 6).0.len() == 2).is_some(), "{}", myelin.log());
     assert!(wait_for(Duration::from_secs(5), || env.path("myelin-state.json").exists()).is_some());
+    // haproxy.cfg follows the runtime API within a second (killed before, the next start would
+    // repair the lag with a reload; that is not what this test is about).
+    let on_disk = || std::fs::read_to_string(env.haproxy_cfg()).is_ok_and(|c| c.contains(&format!(":{}", b.port)));
+    assert!(wait_for(Duration::from_secs(5), on_disk).is_some());
 
     myelin.signal("KILL");
     myelin.wait_exit(Duration::from_secs(5));

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 pub use metrics::{Metrics, APPLY_OUTCOMES};
 pub use server::{bind, router, serve};
-pub use status::{render_table, timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Outcome, ServiceStatus, Snapshot, WatcherState};
+pub use status::{render_table, timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Outcome, ServiceMap, ServiceStatus, Snapshot, WatcherState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

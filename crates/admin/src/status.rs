@@ -1,7 +1,6 @@
 //! What `/status` serves and `myelin status` prints: a snapshot of the daemon's state, made by
 //! the daemon task (the only owner of that state) and published to the admin server.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -21,8 +20,13 @@ pub struct Snapshot {
     /// Synapse's `file_output`, when configured.
     pub file_output: Option<FileOutputStatus>,
     /// Shared with the daemon: a snapshot re-uses the entries of services that did not change.
-    pub services: BTreeMap<String, std::sync::Arc<ServiceStatus>>,
+    pub services: ServiceMap,
 }
+
+/// Every service's status by name: a persistent map, so that the daemon publishes a new
+/// snapshot by changing the entries of the services that changed (O(log n) each), sharing the
+/// rest with the previous snapshot, instead of copying the map.
+pub type ServiceMap = imbl::OrdMap<String, std::sync::Arc<ServiceStatus>>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigStatus {
@@ -227,7 +231,7 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut services = BTreeMap::new();
+        let mut services = ServiceMap::new();
         services.insert(
             "web".to_owned(),
             std::sync::Arc::new(ServiceStatus {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::route::{fallback, route, Reload, Route, Situation};
-use crate::{filter_state_file, run_command, servers_on_disk, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Renderer, Runtime, ServerState, Writer};
+use crate::{commands_of, filter_state_file, remove_commands, run_command, servers_on_disk, state_command, update_commands, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Renderer, Runtime, ServerState, Writer};
 
 /// The shortest wait before an apply that failed is tried again.
 const MIN_RETRY: Duration = Duration::from_secs(1);
@@ -28,8 +28,10 @@ const DELETE_GRACE: Duration = Duration::from_secs(10);
 /// The first drift check after an apply.
 const FIRST_VERIFY: Duration = Duration::from_secs(1);
 /// After changes the runtime API carried, haproxy.cfg is brought in step at most this much
-/// later (changes meanwhile share one write). It is always written before a reload and at exit.
-const FILE_COALESCE: Duration = Duration::from_millis(100);
+/// later (changes meanwhile share one write: at 100,000 servers the file is ~4 MB, and writing
+/// it for every change would make each change cost the fleet). It is always written before a
+/// reload and at exit; after a crash, the next start repairs the lag (see docs/architecture.md).
+const FILE_COALESCE: Duration = Duration::from_secs(1);
 
 /// How the driver drives HAProxy (from the `haproxy` section of the configuration).
 #[derive(Debug, Clone)]
@@ -483,24 +485,32 @@ impl Driver {
         self.drain_check_at = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
     }
 
-    /// Carry out runtime operations, counting the commands sent.
+    /// Carry out runtime operations, counting the commands sent: all of them pipelined on one
+    /// connection of the stats socket.
     async fn run_ops(&mut self, ops: &[Op], report: &mut Report) -> Result<(), Error> {
         let Some(rt) = self.runtime.clone() else { return Ok(()) };
         self.changes += 1;
+        let mut commands = Vec::new();
         for op in ops {
             match op {
                 // Back before its drain finished: the server is still there.
                 Op::Add { backend, server } if self.draining.contains_key(&(backend.clone(), server.name.clone())) => {
-                    rt.update(backend, server).await?;
-                    rt.set_state(backend, &server.name, "ready").await?;
+                    commands.extend(update_commands(backend, server));
+                    commands.push(state_command(backend, &server.name, "ready"));
+                }
+                op => commands.extend(commands_of(op)),
+            }
+        }
+        report.runtime_commands += rt.run(&commands).await? as u64;
+        for op in ops {
+            match op {
+                Op::Add { backend, server } => {
                     self.draining.remove(&(backend.clone(), server.name.clone()));
-                    report.runtime_commands += 3;
                 }
                 Op::Drain { backend, name } => {
-                    report.runtime_commands += rt.apply(op).await? as u64;
                     self.draining.insert((backend.clone(), name.clone()), Instant::now() + self.s.drain_timeout);
                 }
-                op => report.runtime_commands += rt.apply(op).await? as u64,
+                Op::Update { .. } => {}
             }
         }
         if self.drain_check_at.is_none() {
@@ -538,8 +548,21 @@ impl Driver {
             })
             .map(|(k, d)| (k.clone(), *d))
             .collect();
+        if due.is_empty() {
+            return self.schedule_drain_check();
+        }
+        self.changes += 1;
+        // All of them on one connection; when one fails, each on its own, to know which.
+        let batch: Vec<_> = due.iter().flat_map(|((b, n), _)| remove_commands(b, n)).collect();
+        if let Ok(n) = rt.run(&batch).await {
+            report.runtime_commands += n as u64;
+            for ((backend, name), deadline) in due {
+                self.draining.remove(&(backend.clone(), name.clone()));
+                info!(backend = %backend, server = %name, timed_out = now >= deadline, "Drained and deleted a server.");
+            }
+            return self.schedule_drain_check();
+        }
         for ((backend, name), deadline) in due {
-            self.changes += 1;
             match rt.remove(&backend, &name).await {
                 Ok(n) => {
                     report.runtime_commands += n as u64;
@@ -745,18 +768,30 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
-                let mut cmd = String::new();
-                let _ = conn.read_to_string(&mut cmd).await;
-                let cmd = cmd.trim().to_owned();
-                let reply = if cmd.starts_with("add server") {
-                    "New server registered.\n"
-                } else if cmd.starts_with("show servers state") {
-                    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n"
-                } else {
-                    "\n"
-                };
-                log.lock().unwrap().push(cmd);
-                let _ = conn.write_all(reply.as_bytes()).await;
+                let mut input = String::new();
+                let _ = conn.read_to_string(&mut input).await;
+                // HAProxy's CLI: one command per connection, or in interactive mode (`prompt`)
+                // many, each reply followed by the prompt.
+                let lines: Vec<&str> = input.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                let interactive = lines.first() == Some(&"prompt");
+                let mut out = String::new();
+                for cmd in lines {
+                    let reply = if cmd.starts_with("add server") {
+                        "New server registered.\n"
+                    } else if cmd.starts_with("show servers state") {
+                        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n"
+                    } else if cmd == "quit" {
+                        break;
+                    } else {
+                        ""
+                    };
+                    if cmd != "prompt" {
+                        log.lock().unwrap().push(cmd.to_owned());
+                    }
+                    out.push_str(reply);
+                    out.push_str(if interactive { "\n> " } else { "\n" });
+                }
+                let _ = conn.write_all(out.as_bytes()).await;
             }
         });
         seen

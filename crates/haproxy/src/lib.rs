@@ -24,7 +24,7 @@ pub use ondisk::{servers_by_backend, servers_on_disk};
 pub use render::{render, Renderer};
 pub use master::{parse_show_proc, Master, Processes};
 pub use ops::{runtime_ops, Op};
-pub use runtime::Runtime;
+pub use runtime::{commands_of, remove_commands, state_command, update_commands, Command, Runtime};
 pub use servers::{drift, parse_servers_state, parse_stat_sessions, stuck_draining, ServerState, ADMIN_FORCED_DRAIN};
 pub use state_file::filter_state_file;
 pub use writer::{write_atomic, InstallOutcome, Writer};

@@ -10,8 +10,73 @@ use myelin_core::{BackendName, Server, ServerName};
 
 use crate::ops::{weight_of, Op};
 use crate::servers::{parse_servers_state, parse_stat_sessions, ServerState};
-use crate::socket::ask;
+use crate::socket::{ask, pipeline};
 use crate::Error;
+
+/// One runtime API command and the replies that mean success: empty (`""`), or containing one
+/// of the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub line: String,
+    pub ok: &'static [&'static str],
+}
+
+impl Command {
+    fn new(line: String, ok: &'static [&'static str]) -> Self {
+        Self { line, ok }
+    }
+
+    fn accepts(&self, reply: &str) -> bool {
+        let r = reply.trim();
+        (r.is_empty() && self.ok.contains(&"")) || self.ok.iter().any(|o| !o.is_empty() && r.contains(o))
+    }
+}
+
+const EMPTY: &[&str] = &[""];
+const REGISTERED: &[&str] = &["New server registered"];
+const ADDR_SET: &[&str] = &["", "changed from", "no need to change"];
+const DELETED: &[&str] = &["Server deleted"];
+
+/// The commands that carry out one operation.
+pub fn commands_of(op: &Op) -> Vec<Command> {
+    match op {
+        Op::Add { backend, server } => {
+            let mut cmd = format!("add server {backend}/{} {} weight {}", server.name, server.address(), weight_of(server));
+            if let Some(o) = &server.options {
+                cmd.push(' ');
+                cmd.push_str(o.as_str());
+            }
+            let mut cmds = vec![Command::new(cmd, REGISTERED), state_command(backend, &server.name, "ready")];
+            if server.options.as_ref().is_some_and(|o| o.as_str().split_whitespace().any(|w| w == "check")) {
+                cmds.push(Command::new(format!("enable health {backend}/{}", server.name), EMPTY));
+            }
+            cmds
+        }
+        Op::Update { backend, server } => update_commands(backend, server),
+        Op::Drain { backend, name } => vec![state_command(backend, name, "drain")],
+    }
+}
+
+/// Set address, port and weight of an existing server.
+pub fn update_commands(backend: &BackendName, server: &Server) -> Vec<Command> {
+    vec![
+        Command::new(format!("set server {backend}/{} addr {} port {}", server.name, server.host, server.port), ADDR_SET),
+        Command::new(format!("set server {backend}/{} weight {}", server.name, weight_of(server)), EMPTY),
+    ]
+}
+
+pub fn state_command(backend: &BackendName, name: &ServerName, state: &str) -> Command {
+    Command::new(format!("set server {backend}/{name} state {state}"), EMPTY)
+}
+
+/// Put a drained server in maintenance, close what is left of its sessions, delete it.
+pub fn remove_commands(backend: &BackendName, name: &ServerName) -> Vec<Command> {
+    vec![
+        state_command(backend, name, "maint"),
+        Command::new(format!("shutdown sessions server {backend}/{name}"), EMPTY),
+        Command::new(format!("del server {backend}/{name}"), DELETED),
+    ]
+}
 
 /// The stats socket, at admin level.
 #[derive(Debug, Clone)]
@@ -29,62 +94,35 @@ impl Runtime {
         ask(&self.socket, command, self.timeout).await
     }
 
-    /// Run a command whose only good replies are empty or contain one of `ok`.
-    async fn expect(&self, command: String, ok: &[&str]) -> Result<(), Error> {
-        let reply = self.ask(&command).await?;
-        let r = reply.trim();
-        if (r.is_empty() && ok.contains(&"")) || ok.iter().any(|o| !o.is_empty() && r.contains(o)) {
-            Ok(())
-        } else {
-            Err(Error::Runtime { command, reply: r.to_owned() })
+    /// Run `commands` in order on one connection (pipelined); the number sent. The first reply
+    /// that is not a success is the error (HAProxy runs the commands after it all the same:
+    /// the caller falls back to a reload, which sets everything right).
+    pub async fn run(&self, commands: &[Command]) -> Result<usize, Error> {
+        if commands.is_empty() {
+            return Ok(0);
         }
+        let lines: Vec<String> = commands.iter().map(|c| c.line.clone()).collect();
+        let replies = pipeline(&self.socket, &lines, self.timeout).await?;
+        for (c, reply) in commands.iter().zip(&replies) {
+            if !c.accepts(reply) {
+                return Err(Error::Runtime { command: c.line.clone(), reply: reply.trim().to_owned() });
+            }
+        }
+        Ok(commands.len())
     }
 
     /// Carry out one operation; the number of commands sent.
     pub async fn apply(&self, op: &Op) -> Result<usize, Error> {
-        match op {
-            Op::Add { backend, server } => {
-                let mut cmd = format!("add server {backend}/{} {} weight {}", server.name, server.address(), weight_of(server));
-                if let Some(o) = &server.options {
-                    cmd.push(' ');
-                    cmd.push_str(o.as_str());
-                }
-                self.expect(cmd, &["New server registered"]).await?;
-                self.set_state(backend, &server.name, "ready").await?;
-                if server.options.as_ref().is_some_and(|o| o.as_str().split_whitespace().any(|w| w == "check")) {
-                    self.expect(format!("enable health {backend}/{}", server.name), &[""]).await?;
-                    return Ok(3);
-                }
-                Ok(2)
-            }
-            Op::Update { backend, server } => {
-                self.update(backend, server).await?;
-                Ok(2)
-            }
-            Op::Drain { backend, name } => {
-                self.set_state(backend, name, "drain").await?;
-                Ok(1)
-            }
-        }
-    }
-
-    /// Set address, port and weight of an existing server.
-    pub async fn update(&self, backend: &BackendName, server: &Server) -> Result<(), Error> {
-        let addr = format!("set server {backend}/{} addr {} port {}", server.name, server.host, server.port);
-        self.expect(addr, &["", "changed from", "no need to change"]).await?;
-        self.expect(format!("set server {backend}/{} weight {}", server.name, weight_of(server)), &[""]).await
+        self.run(&commands_of(op)).await
     }
 
     pub async fn set_state(&self, backend: &BackendName, name: &ServerName, state: &str) -> Result<(), Error> {
-        self.expect(format!("set server {backend}/{name} state {state}"), &[""]).await
+        self.run(&[state_command(backend, name, state)]).await.map(|_| ())
     }
 
     /// Put a drained server in maintenance, close what is left of its sessions, delete it.
     pub async fn remove(&self, backend: &BackendName, name: &ServerName) -> Result<usize, Error> {
-        self.set_state(backend, name, "maint").await?;
-        self.expect(format!("shutdown sessions server {backend}/{name}"), &[""]).await?;
-        self.expect(format!("del server {backend}/{name}"), &["Server deleted"]).await?;
-        Ok(3)
+        self.run(&remove_commands(backend, name)).await
     }
 
     /// `show servers state`, parsed.

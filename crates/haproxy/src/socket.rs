@@ -1,4 +1,5 @@
-//! Talking to HAProxy's sockets (the stats socket and the master CLI): one command, one reply.
+//! Talking to HAProxy's sockets (the stats socket and the master CLI): one command and its
+//! reply, or many commands pipelined on one connection.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,4 +25,72 @@ pub(crate) async fn ask(socket: &Path, command: &str, timeout: Duration) -> Resu
     tokio::time::timeout(timeout, talk).await.map_err(|_| {
         io(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no reply within {timeout:?}")))
     })?
+}
+
+/// The end of each reply in the CLI's interactive mode (`prompt`).
+const PROMPT: &[u8] = b"\n> ";
+
+/// Send `commands` on one connection of the stats socket, pipelined, and return their replies
+/// in order. The CLI's interactive mode ends every reply with a prompt, which splits them; the
+/// writes and reads overlap, so a long batch cannot fill both directions' buffers and stall.
+/// For commands whose replies are short messages (`add`, `set`, `del` ...): a reply holding
+/// the prompt itself would be split wrongly. Fewer replies than commands is an error.
+pub(crate) async fn pipeline(socket: &Path, commands: &[String], timeout: Duration) -> Result<Vec<String>, Error> {
+    let first = commands.first().cloned().unwrap_or_default();
+    let io = |source| Error::Socket { socket: socket.to_path_buf(), command: first.clone(), source };
+    let talk = async {
+        let s = UnixStream::connect(socket).await.map_err(io)?;
+        let (mut rd, mut wr) = s.into_split();
+        let mut input = String::from("prompt\n");
+        for c in commands {
+            input.push_str(c);
+            input.push('\n');
+        }
+        input.push_str("quit\n");
+        let write = async {
+            wr.write_all(input.as_bytes()).await?;
+            wr.shutdown().await
+        };
+        let mut out = Vec::new();
+        let (w, r) = tokio::join!(write, rd.read_to_end(&mut out));
+        w.map_err(io)?;
+        r.map_err(io)?;
+        Ok(out)
+    };
+    let out = tokio::time::timeout(timeout, talk).await.map_err(|_| {
+        io(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no reply within {timeout:?}")))
+    })??;
+    let mut replies = split_replies(&out);
+    // The first reply is the prompt's own.
+    if replies.len() < commands.len() + 1 {
+        let missing = &commands[replies.len().saturating_sub(1).min(commands.len().saturating_sub(1))];
+        return Err(Error::Runtime { command: missing.clone(), reply: "the connection closed before its reply".into() });
+    }
+    replies.remove(0);
+    replies.truncate(commands.len());
+    Ok(replies)
+}
+
+/// Replies separated by the prompt, without their trailing new lines.
+fn split_replies(out: &[u8]) -> Vec<String> {
+    let mut replies = Vec::new();
+    let mut rest = out;
+    while let Some(i) = rest.windows(PROMPT.len()).position(|w| w == PROMPT) {
+        replies.push(String::from_utf8_lossy(&rest[..i]).trim_end_matches('\n').to_owned());
+        rest = &rest[i + PROMPT.len()..];
+    }
+    replies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_split_at_each_prompt() {
+        let out = b"\n> New server registered.\n\n> \n> No such server.\n\n> ";
+        assert_eq!(split_replies(out), ["", "New server registered.", "", "No such server."]);
+        // A reply cut short (the connection closed) is not counted.
+        assert_eq!(split_replies(b"\n> New server"), [""]);
+    }
 }

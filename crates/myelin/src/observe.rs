@@ -5,14 +5,14 @@
 //! The daemon task owns an [`Observer`] and calls one hook per thing that happened; nothing
 //! here is shared with another task but the published snapshot and the metrics' atomics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use myelin_admin::{
-    timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceStatus, Snapshot, WatcherState,
+    timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceMap, ServiceStatus, Snapshot, WatcherState,
 };
 use myelin_config::Loaded;
 use myelin_core::{Applied, DesiredState, Scope, ServiceName, Store};
@@ -106,6 +106,12 @@ pub struct Observer {
     metrics: Arc<Metrics>,
     tx: watch::Sender<Arc<Snapshot>>,
     services: BTreeMap<ServiceName, Track>,
+    /// The services' statuses as last published (shared with the snapshots), and the services
+    /// changed since: a snapshot costs what changed, not the fleet.
+    published: ServiceMap,
+    dirty: BTreeSet<ServiceName>,
+    /// Services that never delivered a complete set.
+    unsynced: BTreeSet<ServiceName>,
     config_path: String,
     config_last_reload: Option<Outcome>,
     haproxy_path: String,
@@ -144,6 +150,9 @@ impl Observer {
             metrics,
             tx,
             services: BTreeMap::new(),
+            published: ServiceMap::new(),
+            dirty: BTreeSet::new(),
+            unsynced: BTreeSet::new(),
             config_path: loaded.file.display().to_string(),
             config_last_reload: None,
             haproxy_path: String::new(),
@@ -186,6 +195,7 @@ impl Observer {
             let keep = loaded.services.contains_key(name);
             if !keep {
                 self.metrics.service_removed(name.as_str());
+                self.dirty.insert(name.clone());
             }
             keep
         });
@@ -193,9 +203,11 @@ impl Observer {
             if !self.services.contains_key(name) {
                 self.metrics.service_added(name.as_str());
                 self.services.insert(name.clone(), Track::new(loaded, name));
+                self.dirty.insert(name.clone());
             } else if restarted.contains(name) {
                 let t = self.services.get_mut(name).expect("present");
                 t.stale = true;
+                self.dirty.insert(name.clone());
                 let fresh = Track::new(loaded, name);
                 t.method = fresh.method;
                 t.watcher = fresh.watcher;
@@ -226,6 +238,7 @@ impl Observer {
     pub fn update(&mut self, service: &ServiceName, applied: &Applied) {
         let Some(t) = self.services.get_mut(service) else { return };
         t.stale = true;
+        self.dirty.insert(service.clone());
         t.watcher = WatcherState::Synced;
         let first_sync = !t.ever_synced;
         t.ever_synced = true;
@@ -246,6 +259,7 @@ impl Observer {
     pub fn problem(&mut self, service: &ServiceName, e: &SourceError) {
         let Some(t) = self.services.get_mut(service) else { return };
         t.stale = true;
+        self.dirty.insert(service.clone());
         if e.is_entry() {
             t.rejected += 1;
             self.metrics.rejected(service.as_str(), 1);
@@ -263,6 +277,7 @@ impl Observer {
     pub fn disconnected(&mut self, service: &ServiceName) {
         let Some(t) = self.services.get_mut(service) else { return };
         t.stale = true;
+        self.dirty.insert(service.clone());
         t.watcher = if matches!(t.watcher, WatcherState::Synced | WatcherState::Failing) { WatcherState::Disconnected } else { t.watcher };
         t.reconnects += 1;
         self.metrics.watcher_reconnect(service.as_str());
@@ -298,6 +313,7 @@ impl Observer {
             }
             t.backends = Arc::new(list);
             t.stale = true;
+            self.dirty.insert(name.clone());
             self.metrics.set_backends(name.as_str(), t.backends.len());
             t.last_apply = Some(o.clone());
             if o.is_ok() {
@@ -431,8 +447,25 @@ impl Observer {
             return;
         }
         self.unpublished = false;
-        let services: BTreeMap<String, Arc<ServiceStatus>> = self.services.iter_mut().map(|(name, t)| (name.to_string(), t.status())).collect();
-        let ready = services.values().all(|s| s.synced);
+        for name in std::mem::take(&mut self.dirty) {
+            match self.services.get_mut(&name) {
+                Some(t) => {
+                    let status = t.status();
+                    if status.synced {
+                        self.unsynced.remove(&name);
+                    } else {
+                        self.unsynced.insert(name.clone());
+                    }
+                    self.published.insert(name.to_string(), status);
+                }
+                None => {
+                    self.unsynced.remove(&name);
+                    self.published.remove(name.as_str());
+                }
+            }
+        }
+        let services = self.published.clone();
+        let ready = self.unsynced.is_empty();
         self.metrics.set_ready(ready);
         let snap = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),

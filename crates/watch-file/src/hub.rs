@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
@@ -53,13 +53,21 @@ struct Dir {
 #[derive(Default)]
 struct Table {
     dirs: HashMap<PathBuf, Dir>,
-    wakers: HashMap<u64, Arc<Notify>>,
+    wakers: HashMap<u64, Arc<Waker>>,
+}
+
+/// How a subscriber is woken: the wake, and whether an event since the last wait completed a
+/// change (see [`completes_change`]).
+#[derive(Default)]
+struct Waker {
+    notify: Notify,
+    settled: AtomicBool,
 }
 
 impl Table {
     fn wake_all(&self) {
         for w in self.wakers.values() {
-            w.notify_one();
+            w.notify.notify_one();
         }
     }
 
@@ -75,6 +83,7 @@ impl Table {
         if !changes_content(&ev.kind) {
             return;
         }
+        let settled = completes_change(&ev.kind);
         // notify drops the watches of a directory deleted or moved away, and of the directories
         // below it: they must be placed again if the path comes back.
         let ends_watch = matches!(ev.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)));
@@ -86,14 +95,14 @@ impl Table {
             }
             if let Some(d) = self.dirs.get(p) {
                 for id in d.subs.keys() {
-                    wake(&self.wakers, *id);
+                    wake(&self.wakers, *id, settled);
                 }
             }
             let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else { continue };
             if let Some(d) = self.dirs.get(parent) {
                 for (id, names) in &d.subs {
                     if names.contains(name) {
-                        wake(&self.wakers, *id);
+                        wake(&self.wakers, *id, settled);
                     }
                 }
             }
@@ -101,10 +110,26 @@ impl Table {
     }
 }
 
-fn wake(wakers: &HashMap<u64, Arc<Notify>>, id: u64) {
+fn wake(wakers: &HashMap<u64, Arc<Waker>>, id: u64, settled: bool) {
     if let Some(w) = wakers.get(&id) {
-        w.notify_one();
+        if settled {
+            w.settled.store(true, Ordering::Release);
+        }
+        w.notify.notify_one();
     }
+}
+
+/// Whether an event ends a change: a file closed after writing, a name renamed into place (how
+/// atomic writers, editors and re-pointed symlinks land), a name deleted. What it concerns can
+/// be read at once; other content events (a write with the file still open) may be followed
+/// by more, so readers wait for a quiet moment.
+fn completes_change(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Remove(_)
+    )
 }
 
 /// Whether an event can change what a name holds. Opening, reading and closing without
@@ -143,7 +168,7 @@ impl Hub {
 
     pub fn subscribe(&'static self) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Waker::default());
         lock(&self.table).wakers.insert(id, wake.clone());
         Subscription { hub: self, id, wake, current: Interests::new() }
     }
@@ -163,7 +188,7 @@ impl Hub {
 pub struct Subscription {
     hub: &'static Hub,
     id: u64,
-    wake: Arc<Notify>,
+    wake: Arc<Waker>,
     current: Interests,
 }
 
@@ -176,9 +201,11 @@ pub enum WatchError {
 
 impl Subscription {
     /// Wait until something this subscription cares about may have changed. A wake that came
-    /// while nobody waited is kept (one), so none is lost between two waits.
-    pub async fn changed(&self) {
-        self.wake.notified().await
+    /// while nobody waited is kept (one), so none is lost between two waits. True when an event
+    /// since the last wait completed a change ([`completes_change`]): no need to wait for more.
+    pub async fn changed(&self) -> bool {
+        self.wake.notify.notified().await;
+        self.wake.settled.swap(false, Ordering::AcqRel)
     }
 
     /// Care about `want` from now on (and no longer about the rest). Returns whether every
@@ -276,23 +303,33 @@ mod tests {
         assert!(changes_content(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
         assert!(changes_content(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
         assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
+        assert!(completes_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(completes_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(completes_change(&EventKind::Remove(RemoveKind::File)));
+        assert!(!completes_change(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        assert!(!completes_change(&EventKind::Create(CreateKind::File)));
     }
 
     #[test]
     fn events_wake_only_the_subscribers_of_their_name() {
         let mut t = Table::default();
-        let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (a, b) = (Arc::new(Waker::default()), Arc::new(Waker::default()));
         t.wakers.insert(1, a.clone());
         t.wakers.insert(2, b.clone());
         let names = |n: &str| BTreeSet::from([OsString::from(n)]);
         t.dirs.insert("/d".into(), Dir { watched: Some(DirId { dev: 1, ino: 1 }), subs: HashMap::from([(1, names("a.yaml")), (2, names("b.yaml"))]) });
         let ev = |kind, p: &str| Ok(notify::Event::new(kind).add_path(p.into()));
-        let woken = |n: &Arc<Notify>| futures::FutureExt::now_or_never(n.notified()).is_some();
+        let woken = |n: &Arc<Waker>| futures::FutureExt::now_or_never(n.notify.notified()).is_some();
+        let settled = |n: &Arc<Waker>| n.settled.swap(false, Ordering::AcqRel);
         t.dispatch(ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/d/a.yaml"));
         t.dispatch(ev(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/d/a.yaml"));
         assert!(!woken(&a) && !woken(&b));
         t.dispatch(ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/d/b.yaml"));
         assert!(!woken(&a) && woken(&b));
+        assert!(!settled(&b), "a write with the file open may be followed by more");
+        t.dispatch(ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/d/b.yaml"));
+        assert!(!woken(&a) && woken(&b));
+        assert!(settled(&b) && !settled(&a), "closed after writing: read at once");
         t.dispatch(ev(EventKind::Create(CreateKind::File), "/d/c.yaml"));
         assert!(!woken(&a) && !woken(&b));
         // The directory itself deleted: everyone in it looks again, and its watch is gone.

@@ -24,7 +24,8 @@ pub use source::file_source;
 /// log file) fails at once and cannot exhaust memory; the service keeps its backends.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// How long the file must stay quiet after a change before it is read.
+/// How long the file must stay quiet after a write with the file still open before it is read
+/// (a close after writing or a rename into place is read at once).
 pub const QUIET: Duration = Duration::from_millis(25);
 
 /// `method: file`.

@@ -4,9 +4,11 @@
 //! Every name on the way to the file is watched in its directory, symlinks followed (see
 //! [`crate::resolve`]): editors and tools that replace the file (write a temporary, rename it
 //! over), a symlink re-pointed (Kubernetes ConfigMaps, deploy tools), a file or its directory
-//! deleted and created again are all seen. Wakes are coalesced over a quiet period (capped, so
-//! a file that changes non-stop is still read); the file is read only when a name on its way
-//! changed, never because it was read.
+//! deleted and created again are all seen. A change that an event completes (the file closed
+//! after writing, a name renamed into place, a delete) is read at once; other wakes (a write
+//! with the file still open) are coalesced over a quiet period (capped, so a file that changes
+//! non-stop is still read). The file is read only when a name on its way changed, never because
+//! it was read.
 //!
 //! What a source says:
 //! - the file's backends, as a `Reset`, at the first read and whenever its bytes change;
@@ -143,14 +145,18 @@ impl State {
         }
     }
 
-    /// Wait for a change, then for a quiet period (at most ten of them).
+    /// Wait for a change; unless an event completed it (a close after writing, a rename into
+    /// place, a delete: read at once), wait for a quiet period too (at most ten of them) or
+    /// until such an event.
     async fn wait_for_change(&mut self) {
-        self.sub.changed().await;
+        if self.sub.changed().await {
+            return;
+        }
         let cap = tokio::time::Instant::now() + self.quiet * 10;
         loop {
             let deadline = (tokio::time::Instant::now() + self.quiet).min(cap);
             match tokio::time::timeout_at(deadline, self.sub.changed()).await {
-                Ok(()) if tokio::time::Instant::now() < cap => continue,
+                Ok(false) if tokio::time::Instant::now() < cap => continue,
                 _ => return,
             }
         }
@@ -245,6 +251,39 @@ mod tests {
         .unwrap();
         w.watch(dir, notify::RecursiveMode::NonRecursive).unwrap();
         (w, n)
+    }
+
+    /// A write closed, or a file renamed into place, is read at once; a write with the file
+    /// still open waits for the quiet period.
+    #[tokio::test]
+    async fn a_completed_change_is_read_without_waiting_for_quiet() {
+        use std::io::Write;
+        let long = Duration::from_secs(3);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let mut s = file_source(path.clone(), long);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+        let fast = |d: Duration| assert!(d < Duration::from_secs(1), "took {d:?}, the quiet period is {long:?}");
+
+        let t = std::time::Instant::now();
+        std::fs::write(&path, entries(&[1, 2])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["1", "2"]);
+        fast(t.elapsed());
+
+        let t = std::time::Instant::now();
+        let tmp = dir.path().join(".new");
+        std::fs::write(&tmp, entries(&[3])).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["3"]);
+        fast(t.elapsed());
+
+        // Still open for writing: nothing before the quiet period, whatever the file holds.
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+        f.write_all(entries(&[4]).as_bytes()).unwrap();
+        silent(&mut s, Duration::from_millis(800)).await;
+        drop(f);
+        assert_eq!(ports(next(&mut s).await), ["4"]);
     }
 
     #[tokio::test]
