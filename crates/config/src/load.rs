@@ -213,6 +213,7 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
             }
             // serde_path_to_error writes `?` for a segment it does not know: the path stops there.
             let mut rel = at.to_string()[root.to_string().len()..].trim_start_matches('.').to_owned();
+            let serde_path = e.path().to_string();
             let inner = e.into_inner();
             let mut message = inner.to_string();
             // serde_yaml_ng appends " at line L column C" to the message: the position is shown
@@ -221,7 +222,10 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
                 message.truncate(i);
             }
             // ...and prefixes its own key path, which is shown once, from serde_path_to_error.
-            if let Some((head, rest)) = message.split_once(": ") {
+            // Keys may hold spaces (`services."web app"`): the known path first.
+            if let Some(rest) = message.strip_prefix(&format!("{serde_path}: ")) {
+                message = rest.to_owned();
+            } else if let Some((head, rest)) = message.split_once(": ") {
                 if !head.contains(' ') && !head.is_empty() {
                     message = rest.to_owned();
                 }

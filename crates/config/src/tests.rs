@@ -656,3 +656,13 @@ fn errors_name_no_rust_types() {
         assert_eq!(err(&text), expected, "{text}");
     }
 }
+
+/// Found by the fuzz suite: with a space in a key on the way, serde_yaml_ng's own copy of the
+/// key path stayed in the message (shown twice, and hiding what the message says).
+#[test]
+fn a_key_path_with_spaces_is_shown_once() {
+    let e = err(&format!("services:\n  \"web app\":\n    discovery: {{method: static}}\n    use_previous_backends: maybe\n{MIN}"));
+    assert!(e.ends_with(": services.web app.use_previous_backends: invalid type: string \"maybe\", expected a boolean"), "{e}");
+    let e = err("services:\n  \" \":\n    discovery:\n      method: etcd\n      endpoints: [99999999999999999999999]\n      path: /x\n");
+    assert!(e.starts_with(&format!("{T}:5:")) && e.ends_with(": services. .discovery.endpoints[0]: 99999999999999999999999 is out of range for any setting (write it in quotes if it is text)"), "{e}");
+}
