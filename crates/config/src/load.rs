@@ -131,7 +131,8 @@ fn plain_words(message: &str) -> String {
             return format!("{n} is out of range for any setting (write it in quotes if it is text)");
         }
     }
-    let mut out = message.to_owned();
+    // "integer `N` as u128, expected a boolean": the width is Rust's business.
+    let mut out = message.replace("` as u128,", "`,").replace("` as i128,", "`,");
     for (serde, plain) in WORDS {
         if let Some(i) = out.find(serde) {
             // A type name follows the words that end with a space: it goes too.

@@ -651,6 +651,7 @@ fn errors_name_no_rust_types() {
         ("haproxy:\n  do_reloads: false\n  server_order_seed: x\n".to_owned(), format!("{T}:3:22: haproxy.server_order_seed: invalid type: string \"x\", expected a whole number")),
         ("services:\n  web:\n    discovery: {method: etcd, path: /x, port: !x 1}\n".to_owned(), format!("{T}:3:50: services.web.discovery.port: a tagged value (`!tag`) is not accepted here")),
         ("services:\n  web:\n    discovery: {method: etcd, path: /x, user: 99999999999999999999999}\n".to_owned(), format!("{T}:3:47: services.web.discovery.user: 99999999999999999999999 is out of range for any setting (write it in quotes if it is text)")),
+        (svc("    keep_default_servers: 18446744073709551616\n"), format!("{T}:4:27: services.web.keep_default_servers: invalid type: integer `18446744073709551616`, expected a boolean")),
         ("haproxy:\n  do_reloads: false\n  restart_jitter: x\n".to_owned(), format!("{T}:3:19: haproxy.restart_jitter: invalid type: string \"x\", expected a number")),
     ] {
         assert_eq!(err(&text), expected, "{text}");
