@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build build-deps release deb test test-deps test-deb test-systemd bench bench-scale docker-engine etcd-cluster demo demo-stop clean
+.PHONY: all build build-deps release deb test test-deps test-deb test-systemd fuzz bench bench-scale docker-engine etcd-cluster demo demo-stop clean
 
 all: build
 
@@ -46,6 +46,12 @@ test: test-deps docker-engine etcd-cluster
 	status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; integration/docker-engine.sh stop; $(ENGINE_B) integration/docker-engine.sh stop; integration/etcd-cluster.sh stop; integration/zookeeper.sh stop; exit $$status
 	$(MAKE) test-deb
 	$(MAKE) test-systemd
+
+# The fuzz suite at length (crates/fuzz; see docs/operations.md): MYELIN_FUZZ_CASES cases per
+# target (`make test` runs 256). Not part of `make test`. `make fuzz MYELIN_FUZZ_CASES=1000000`.
+MYELIN_FUZZ_CASES ?= 100000
+fuzz: test-deps
+	MYELIN_FUZZ_CASES=$(MYELIN_FUZZ_CASES) $(CARGO) test -p myelin-fuzz
 
 # Benchmarks: report figures (see docs/performance.md); not part of `make test`.
 bench: docker-engine etcd-cluster

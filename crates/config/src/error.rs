@@ -1,7 +1,19 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 
-/// A problem with the configuration. Displayed as `file:line:column: key.path: message`.
+/// `s` with each control character (line breaks, NUL, terminal escapes) written as its Rust
+/// escape (`\n`, `\0`, `\u{1b}`): an error or a notice is one line that cannot forge others or
+/// drive a terminal, whatever the keys and values it quotes hold.
+pub(crate) fn escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect())
+}
+
+/// A problem with the configuration. Displayed as `file:line:column: key.path: message`, on one
+/// line (control characters escaped).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub file: PathBuf,
@@ -22,9 +34,9 @@ impl fmt::Display for ConfigError {
             }
         }
         if !self.path.is_empty() && self.path != "." {
-            write!(f, ": {}", self.path)?;
+            write!(f, ": {}", escape_controls(&self.path))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", escape_controls(&self.message))
     }
 }
 
@@ -45,9 +57,9 @@ impl fmt::Display for Notice {
             write!(f, ":{l}")?;
         }
         if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
+            write!(f, ": {}", escape_controls(&self.path))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", escape_controls(&self.message))
     }
 }
 
@@ -72,6 +84,15 @@ pub(crate) fn with_hint(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        // Found by the fuzz suite: a key holding NUL or a line break was printed as it is.
+        let e = ConfigError { file: "c.yaml".into(), line: Some(2), column: Some(3), path: "services.a\0b".into(), message: "unknown field `x\n\u{1b}[2Jy`".into() };
+        assert_eq!(e.to_string(), "c.yaml:2:3: services.a\\0b: unknown field `x\\n\\u{1b}[2Jy`");
+        let n = Notice { file: "c.yaml".into(), line: None, path: "a\rb".into(), message: "é日\t".into() };
+        assert_eq!(n.to_string(), "c.yaml: a\\rb: é日\\t");
+    }
 
     #[test]
     fn hints() {

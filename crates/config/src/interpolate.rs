@@ -15,9 +15,9 @@ pub(crate) fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> R
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        if after.starts_with("${") {
+        if let Some(r) = after.strip_prefix("${") {
             out.push_str("${");
-            rest = &after[2..];
+            rest = r;
             continue;
         }
         if !after.starts_with('{') {
@@ -32,8 +32,11 @@ pub(crate) fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> R
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             InterpolationError { line, column, message: msg }
         };
-        let Some(end) = after.find('}') else {
-            return Err(pos("unterminated `${`".into()));
+        // A reference ends on its line: a `${` left open must not swallow the lines after it
+        // (nor quote them in the message).
+        let line = &after[..after.find(['\n', '\r']).unwrap_or(after.len())];
+        let Some(end) = line.find('}') else {
+            return Err(pos("unterminated `${` (it must end with `}` on the same line; write `$${` for a literal `${`)".into()));
         };
         let inner = &after[1..end];
         let (name, default) = match inner.split_once(":-") {
@@ -41,7 +44,8 @@ pub(crate) fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> R
             None => (inner, None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(pos(format!("`${{{inner}}}` is not a variable name (write `$${{` for a literal `${{`)")));
+            let shown: String = if inner.chars().count() > 40 { inner.chars().take(40).chain("...".chars()).collect() } else { inner.to_owned() };
+            return Err(pos(format!("`${{{shown}}}` is not a variable name (write `$${{` for a literal `${{`)")));
         }
         let value = match (env(name), default) {
             (Some(v), _) => v,
@@ -84,5 +88,15 @@ mod tests {
         assert!(interpolate("x: ${BAD}", env).is_err());
         assert!(interpolate("x: ${a b}", env).is_err());
         assert!(interpolate("x: ${OPEN", env).is_err());
+    }
+
+    #[test]
+    fn an_open_reference_ends_at_its_line() {
+        // Found by the fuzz suite: the message quoted every line up to the next `}` in the file.
+        let e = interpolate("a: \"${\"\nb: x\nc: {d: 1}\n", env).unwrap_err();
+        assert_eq!((e.line, e.column), (1, 5));
+        assert!(e.message.starts_with("unterminated `${`") && !e.message.contains('\n'), "{e:?}");
+        let e = interpolate(&format!("a: ${{{}}}\n", "x y".repeat(100)), env).unwrap_err();
+        assert!(e.message.starts_with(&format!("`${{{}...}}` is not a variable name", &"x y".repeat(100)[..40])), "{e:?}");
     }
 }

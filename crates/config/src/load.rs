@@ -64,7 +64,19 @@ fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded
     let mut files = vec![index];
     if let Some(dir) = &config.service_conf_dir {
         let dir = resolve(path, dir);
-        for (file, name, index, svc) in read_service_dir(&dir)? {
+        // A directory that cannot be read is an error of the key that names it.
+        let at = KeyPath::root().key("service_conf_dir");
+        let pos = Positions::new(vec![files[0].clone()]).locate(&at).1;
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            vec![ConfigError {
+                file: path.into(),
+                line: pos.map(|p| p.line),
+                column: pos.map(|p| p.column),
+                path: at.to_string(),
+                message: format!("cannot read directory {}: {e}", dir.display()),
+            }]
+        })?;
+        for (file, name, index, svc) in read_service_dir(entries)? {
             if config.services.contains_key(&name) {
                 let at = KeyPath::root().key("services").key(name.as_str());
                 let first = Positions::new(vec![files[0].clone()]).locate(&at).1.map_or(String::new(), |p| format!(" (line {})", p.line));
@@ -94,6 +106,44 @@ fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded
     Ok(loaded)
 }
 
+/// serde's names for what it expected, in an operator's words: `struct ServiceHaproxy` is a
+/// mapping, `u64` a whole number.
+fn plain_words(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected internally tagged enum ", "expected a mapping with a `method`"),
+        ("expected struct ", "expected a mapping"),
+        ("expected enum ", "expected a name"),
+        // serde_yaml_ng's words for a list or mapping where a name (a unit variant) belongs.
+        ("expected a YAML tag starting with '!'", "expected a name"),
+        // A YAML tag (`!x value`) where an untagged or internally tagged enum is read.
+        ("untagged and internally tagged enums do not support enum input", "a tagged value (`!tag`) is not accepted here"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ];
+    // serde buffers what an untagged or internally tagged enum (such as `discovery`) reads,
+    // and that buffer holds no integer wider than 64 bits.
+    for width in ["u128", "i128"] {
+        let tail = format!("` as {width}, expected any value");
+        if let Some(n) = message.strip_prefix("invalid type: integer `").and_then(|r| r.strip_suffix(tail.as_str())) {
+            return format!("{n} is out of range for any setting (write it in quotes if it is text)");
+        }
+    }
+    // "integer `N` as u128, expected a boolean": the width is Rust's business.
+    let mut out = message.replace("` as u128,", "`,").replace("` as i128,", "`,");
+    for (serde, plain) in WORDS {
+        if let Some(i) = out.find(serde) {
+            // A type name follows the words that end with a space: it goes too.
+            let rest = &out[i + serde.len()..];
+            let name = if serde.ends_with(' ') { rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len()) } else { 0 };
+            out = format!("{}{plain}{}", &out[..i], &rest[name..]);
+        }
+    }
+    out
+}
+
 /// Keep the first [`MAX_ERRORS`] errors, and say how many more there were.
 fn cap(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
     if errors.len() > MAX_ERRORS {
@@ -117,9 +167,7 @@ pub(crate) fn resolve(config_file: &Path, p: &Path) -> PathBuf {
 /// A `service_conf_dir` file: its path, the service's name, its positions and its settings.
 type ServiceFile = (PathBuf, String, FileIndex, ServiceConfig);
 
-fn read_service_dir(dir: &Path) -> Result<Vec<ServiceFile>, Vec<ConfigError>> {
-    let err = |message: String| vec![ConfigError { file: dir.into(), line: None, column: None, path: "service_conf_dir".into(), message }];
-    let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot read directory: {e}")))?;
+fn read_service_dir(entries: std::fs::ReadDir) -> Result<Vec<ServiceFile>, Vec<ConfigError>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("json" | "yaml" | "yml")))
@@ -166,6 +214,7 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
             }
             // serde_path_to_error writes `?` for a segment it does not know: the path stops there.
             let mut rel = at.to_string()[root.to_string().len()..].trim_start_matches('.').to_owned();
+            let serde_path = e.path().to_string();
             let inner = e.into_inner();
             let mut message = inner.to_string();
             // serde_yaml_ng appends " at line L column C" to the message: the position is shown
@@ -174,7 +223,10 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
                 message.truncate(i);
             }
             // ...and prefixes its own key path, which is shown once, from serde_path_to_error.
-            if let Some((head, rest)) = message.split_once(": ") {
+            // Keys may hold spaces (`services."web app"`): the known path first.
+            if let Some(rest) = message.strip_prefix(&format!("{serde_path}: ")) {
+                message = rest.to_owned();
+            } else if let Some((head, rest)) = message.split_once(": ") {
                 if !head.contains(' ') && !head.is_empty() {
                     message = rest.to_owned();
                 }
@@ -192,6 +244,7 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
             if message.starts_with("a ") {
                 message = format!("expected {message}");
             }
+            let message = plain_words(&message);
             let pos = Positions::new(vec![index]);
             let (line, column) = match (pos.exists(&at), inner.location()) {
                 (true, _) | (false, None) => {

@@ -38,11 +38,46 @@ pub struct AdminConfig {
 }
 
 /// `admin.bind`: a port number, or text.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged, expecting = "a port number or \"ADDRESS:PORT\"")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminBind {
     Port(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for AdminBind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, not an untagged enum: serde's buffer for those cannot hold integers wider
+        // than 64 bits ("invalid type: integer as u128, expected any value").
+        struct V;
+        fn out_of_range<E: serde::de::Error>(n: impl std::fmt::Display) -> E {
+            E::custom(format!("port {n} is not from 1 to 65535"))
+        }
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AdminBind;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port number or \"ADDRESS:PORT\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<AdminBind, E> {
+                Ok(AdminBind::Port(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<AdminBind, E> {
+                u64::try_from(n).map(AdminBind::Port).map_err(|_| out_of_range(n))
+            }
+            fn visit_u128<E: serde::de::Error>(self, n: u128) -> Result<AdminBind, E> {
+                Err(out_of_range(n))
+            }
+            fn visit_i128<E: serde::de::Error>(self, n: i128) -> Result<AdminBind, E> {
+                Err(out_of_range(n))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<AdminBind, E> {
+                Err(E::custom(format!("{v} is not a port number")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<AdminBind, E> {
+                Ok(AdminBind::Text(s.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One or many: Synapse's lists may be written as a single string.

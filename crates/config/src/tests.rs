@@ -146,6 +146,12 @@ fn service_conf_dir_adds_services() {
     let l = load(&main).unwrap();
     assert_eq!(l.spec.services.len(), 1);
     assert_eq!(l.spec.services.keys().next().unwrap().as_str(), "api");
+    // A directory that cannot be read: the error is the key's, in the main file (it named the
+    // directory alone, without a position).
+    std::fs::write(&main, "haproxy: {do_reloads: false}\nservice_conf_dir: nope\n").unwrap();
+    let e = load(&main).unwrap_err();
+    let nope = dir.path().join("nope");
+    assert_eq!(e[0].to_string(), format!("{}:2:19: service_conf_dir: cannot read directory {}: No such file or directory (os error 2)", main.display(), nope.display()));
 }
 
 #[test]
@@ -184,6 +190,16 @@ fn admin_listener_defaults_to_loopback_and_bad_binds_are_errors() {
     assert!(e.contains("admin.bind") && e.contains("1 to 65535"), "{e}");
     let e = err(&format!("{MIN}admin: {{bnd: 1}}\n"));
     assert!(e.contains("did you mean `bind`?"), "{e}");
+    // Found by the fuzz suite: "invalid type: integer `...` as u128, expected any value".
+    for (bind, why) in [("18446744073709551616", "port 18446744073709551616 is not from 1 to 65535"), ("-1", "port -1 is not from 1 to 65535"), ("80.5", "80.5 is not a port number"), ("[1]", "invalid type: sequence, expected a port number or \"ADDRESS:PORT\"")] {
+        let e = err(&format!("{MIN}admin: {{bind: {bind}}}\n"));
+        assert!(e.ends_with(&format!("admin.bind: {why}")), "{e}");
+    }
+    // The same in a port and a duration.
+    let e = err(&format!("services:\n  web: {{discovery: {{method: static}}, haproxy: {{port: 18446744073709551616}}}}\n{MIN}"));
+    assert!(e.ends_with("services.web.haproxy.port: 18446744073709551616 is too large (at most 18446744073709551615)"), "{e}");
+    let e = err("haproxy:\n  do_reloads: false\n  drain_timeout: 18446744073709551616\n");
+    assert!(e.ends_with("haproxy.drain_timeout: 18446744073709552000 is not a number of seconds from 0 to 315360000"), "{e}");
 }
 
 #[test]
@@ -620,4 +636,34 @@ fn consul_discovery_keys_aliases_and_checks() {
     assert!(e.contains("servce") && e.contains("service"), "{e}");
     let e = err(&format!("services:\n  web:\n    discovery: {{method: consul, wait: 0.5, max_stale: 1}}\n{MIN}"));
     assert!(e.contains("services.web.discovery.wait") && e.contains("services.web.discovery.max_stale"), "{e}");
+}
+
+/// Found by the fuzz suite: serde's type names (`struct ServiceHaproxy`, `u64`) reached the
+/// operator.
+#[test]
+fn errors_name_no_rust_types() {
+    let svc = |rest: &str| format!("services:\n  web:\n    discovery: {{method: static}}\n{rest}{MIN}");
+    for (text, expected) in [
+        ("s\n".to_owned(), format!("{T}:1:1: invalid type: string \"s\", expected a mapping")),
+        (svc("    haproxy: x\n"), format!("{T}:4:14: services.web.haproxy: invalid type: string \"x\", expected a mapping")),
+        ("services:\n  web:\n    discovery: file\n".to_owned(), format!("{T}:3:16: services.web.discovery: invalid type: string \"file\", expected a mapping with a `method`")),
+        (svc("    haproxy: {backend_order: [asc]}\n"), format!("{T}:4:15: services.web.haproxy.backend_order: invalid type: sequence, expected a name")),
+        ("haproxy:\n  do_reloads: false\n  server_order_seed: x\n".to_owned(), format!("{T}:3:22: haproxy.server_order_seed: invalid type: string \"x\", expected a whole number")),
+        ("services:\n  web:\n    discovery: {method: etcd, path: /x, port: !x 1}\n".to_owned(), format!("{T}:3:50: services.web.discovery.port: a tagged value (`!tag`) is not accepted here")),
+        ("services:\n  web:\n    discovery: {method: etcd, path: /x, user: 99999999999999999999999}\n".to_owned(), format!("{T}:3:47: services.web.discovery.user: 99999999999999999999999 is out of range for any setting (write it in quotes if it is text)")),
+        (svc("    keep_default_servers: 18446744073709551616\n"), format!("{T}:4:27: services.web.keep_default_servers: invalid type: integer `18446744073709551616`, expected a boolean")),
+        ("haproxy:\n  do_reloads: false\n  restart_jitter: x\n".to_owned(), format!("{T}:3:19: haproxy.restart_jitter: invalid type: string \"x\", expected a number")),
+    ] {
+        assert_eq!(err(&text), expected, "{text}");
+    }
+}
+
+/// Found by the fuzz suite: with a space in a key on the way, serde_yaml_ng's own copy of the
+/// key path stayed in the message (shown twice, and hiding what the message says).
+#[test]
+fn a_key_path_with_spaces_is_shown_once() {
+    let e = err(&format!("services:\n  \"web app\":\n    discovery: {{method: static}}\n    use_previous_backends: maybe\n{MIN}"));
+    assert!(e.ends_with(": services.web app.use_previous_backends: invalid type: string \"maybe\", expected a boolean"), "{e}");
+    let e = err("services:\n  \" \":\n    discovery:\n      method: etcd\n      endpoints: [99999999999999999999999]\n      path: /x\n");
+    assert!(e.starts_with(&format!("{T}:5:")) && e.ends_with(": services. .discovery.endpoints[0]: 99999999999999999999999 is out of range for any setting (write it in quotes if it is text)"), "{e}");
 }

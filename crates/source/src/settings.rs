@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::fmt;
+
+use serde::de::{self, Visitor};
 use serde::Deserialize;
 
 /// Synapse's label filter: keep only the records whose label matches.
@@ -39,16 +42,35 @@ pub struct Number(pub u64);
 
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged, expecting = "a whole number")]
-        enum NumOrStr {
-            Num(u64),
-            Str(String),
+        // A visitor rather than an untagged enum: serde buffers an untagged enum's input, and
+        // that buffer cannot hold an integer wider than 64 bits, which made
+        // `18446744073709551616` "invalid type: integer as u128, expected any value".
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Number, E> {
+                Ok(Number(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Number, E> {
+                u64::try_from(n).map(Number).map_err(|_| E::custom(format!("{n} is negative: expected a whole number")))
+            }
+            fn visit_u128<E: de::Error>(self, n: u128) -> Result<Number, E> {
+                u64::try_from(n).map(Number).map_err(|_| E::custom(format!("{n} is too large (at most {})", u64::MAX)))
+            }
+            fn visit_i128<E: de::Error>(self, n: i128) -> Result<Number, E> {
+                u64::try_from(n).map(Number).map_err(|_| E::custom(format!("{n} is not a whole number from 0 to {}", u64::MAX)))
+            }
+            fn visit_f64<E: de::Error>(self, f: f64) -> Result<Number, E> {
+                Err(E::custom(format!("{f} is not a whole number")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Number, E> {
+                s.trim().parse().map(Number).map_err(|_| E::custom(format!("{s:?} is not a whole number")))
+            }
         }
-        match NumOrStr::deserialize(d)? {
-            NumOrStr::Num(n) => Ok(Number(n)),
-            NumOrStr::Str(s) => s.trim().parse().map(Number).map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -76,17 +98,36 @@ impl Seconds {
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged, expecting = "a number of seconds")]
-        enum NumOrStr {
-            Num(f64),
-            Str(String),
+        // A visitor, not an untagged enum: see `Number`.
+        struct V;
+        fn seconds<E: de::Error>(v: f64) -> Result<Seconds, E> {
+            Seconds::new(v).ok_or_else(|| E::custom(format!("{v} is not a number of seconds from 0 to {}", Seconds::MAX)))
         }
-        let v = match NumOrStr::deserialize(d)? {
-            NumOrStr::Num(n) => n,
-            NumOrStr::Str(s) => s.trim().parse::<f64>().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number of seconds")))?,
-        };
-        Seconds::new(v).ok_or_else(|| serde::de::Error::custom(format!("{v} is not a number of seconds from 0 to {}", Seconds::MAX)))
+        impl<'de> Visitor<'de> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Seconds, E> {
+                seconds(n as f64)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Seconds, E> {
+                seconds(n as f64)
+            }
+            fn visit_u128<E: de::Error>(self, n: u128) -> Result<Seconds, E> {
+                seconds(n as f64)
+            }
+            fn visit_i128<E: de::Error>(self, n: i128) -> Result<Seconds, E> {
+                seconds(n as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                seconds(v)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Seconds, E> {
+                seconds(s.trim().parse::<f64>().map_err(|_| E::custom(format!("{s:?} is not a number of seconds")))?)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -114,6 +155,28 @@ mod tests {
         assert_eq!(serde_yaml_ng::from_str::<Number>("'8080'").unwrap(), Number(8080));
         assert!(serde_yaml_ng::from_str::<Number>("1.5").is_err());
         assert!(serde_yaml_ng::from_str::<Number>("18446744073709551616").is_err());
+    }
+
+    /// Found by the fuzz suite: inside a struct (as in a config file), integers wider than 64
+    /// bits gave "invalid type: integer `...` as u128, expected any value".
+    #[test]
+    fn wide_integers_are_clear_errors() {
+        #[derive(Debug, Deserialize)]
+        struct S {
+            #[allow(dead_code)]
+            n: Option<Number>,
+            #[allow(dead_code)]
+            s: Option<Seconds>,
+        }
+        let err = |yaml: &str| serde_yaml_ng::from_str::<S>(yaml).unwrap_err().to_string();
+        assert!(err("n: 18446744073709551616").starts_with("n: 18446744073709551616 is too large (at most 18446744073709551615)"), "{}", err("n: 18446744073709551616"));
+        assert!(err("n: -170141183460469231731687303715884105728").contains("is not a whole number from 0"));
+        assert!(err("n: -1").starts_with("n: -1 is negative: expected a whole number"));
+        assert!(err("n: 80.5").starts_with("n: 80.5 is not a whole number"));
+        assert!(err("n: [1]").contains("expected a whole number"));
+        assert!(err("s: 18446744073709551616").starts_with("s: 18446744073709552000 is not a number of seconds from 0 to 315360000"), "{}", err("s: 18446744073709551616"));
+        assert!(err("s: {a: 1}").contains("expected a number of seconds"));
+        assert_eq!(serde_yaml_ng::from_str::<S>("{n: '18', s: '2.5'}").map(|s| (s.n, s.s)).unwrap(), (Some(Number(18)), Some(Seconds(2.5))));
     }
 
     #[test]

@@ -19,6 +19,11 @@ use serde::Deserialize;
 pub use parse::{parse_backends, Parsed};
 pub use source::file_source;
 
+/// The largest backends file read: 16 MiB, the bound of a config file too (100,000 backends
+/// take about 6 MiB). At most this much and one byte is read, so a wrong path (`/dev/zero`, a
+/// log file) fails at once and cannot exhaust memory; the service keeps its backends.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How long the file must stay quiet after a write with the file still open before it is read
 /// (a close after writing or a rename into place is read at once).
 pub const QUIET: Duration = Duration::from_millis(25);

@@ -14,6 +14,9 @@
 //! - the file's backends, as a `Reset`, at the first read and whenever its bytes change;
 //! - a malformed file: one error, the previous backends stay; a malformed entry: one error,
 //!   the others are used;
+//! - a file larger than [`MAX_FILE_BYTES`] (16 MiB): one error, the previous backends stay;
+//!   at most that much (plus one byte) is read, so a wrong path (`/dev/zero`, a log file)
+//!   costs nothing; said again only after the file was read whole or went missing;
 //! - the file missing (or a directory on its way): one error, then it waits for the file; no
 //!   `Reset` is given while it cannot see its file, so a source that starts blind never syncs;
 //! - a file that cannot be read for another reason (too many open files, permissions) or a
@@ -29,6 +32,7 @@ use futures::stream;
 use myelin_source::{Cause, SourceError, Update, UpdateStream};
 
 use crate::hub::{hub, Subscription, WatchError};
+use crate::MAX_FILE_BYTES;
 use crate::parse::parse_backends;
 use crate::resolve::{resolve, Seen};
 
@@ -69,6 +73,8 @@ struct State {
     last: Option<Vec<u8>>,
     /// The file is known to be missing (already reported).
     blind: bool,
+    /// The file is known to be larger than [`MAX_FILE_BYTES`] (already reported).
+    too_large: bool,
     queue: VecDeque<Result<Update, SourceError>>,
     /// End the stream once the queue is empty.
     end: bool,
@@ -92,6 +98,7 @@ impl State {
 
     fn missing(&mut self, what: &Path) {
         self.last = None;
+        self.too_large = false;
         if !self.blind {
             self.blind = true;
             let what = if what == self.path { "does not exist".to_owned() } else { format!("does not exist ({} is missing)", what.display()) };
@@ -111,8 +118,19 @@ impl State {
             }
         };
         match (self.read)(&file) {
+            Ok(bytes) if bytes.len() as u64 > MAX_FILE_BYTES => {
+                self.blind = false;
+                // Read whole later (after it shrank), it is announced with a `Reset`.
+                self.last = None;
+                if !self.too_large {
+                    self.too_large = true;
+                    let why = format!("larger than {} MiB: not a backends file", MAX_FILE_BYTES / (1024 * 1024));
+                    self.queue.push_back(Err(SourceError::Failed { origin: self.origin.clone(), what: "is too large".into(), cause: Some(Cause::msg(why)) }));
+                }
+            }
             Ok(bytes) => {
                 self.blind = false;
+                self.too_large = false;
                 if self.last.as_ref() != Some(&bytes) {
                     self.queue.extend(updates_of(&self.origin, &bytes));
                     self.last = Some(bytes);
@@ -145,8 +163,12 @@ impl State {
     }
 }
 
+/// Read at most [`MAX_FILE_BYTES`] and one more byte (enough to tell the file is too large).
 fn std_read(path: &Path) -> io::Result<Vec<u8>> {
-    std::fs::read(path)
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Watch `path` and yield its backends: a `Reset` at the first read and after each change.
@@ -157,7 +179,7 @@ pub fn file_source(path: PathBuf, quiet: Duration) -> UpdateStream {
 
 pub(crate) fn file_source_with(path: PathBuf, quiet: Duration, read: Reader) -> UpdateStream {
     let origin = path.display().to_string();
-    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, blind: false, queue: VecDeque::new(), end: false };
+    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, blind: false, too_large: false, queue: VecDeque::new(), end: false };
     Box::pin(stream::unfold((state, true), |(mut st, first)| async move {
         if first {
             st.refresh();
@@ -448,6 +470,40 @@ mod tests {
         let mut s = file_source(tmp.path().to_path_buf(), QUIET);
         err_with(next(&mut s).await, "cannot read");
         assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_file_too_large_is_an_error_and_keeps_the_last_backends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let mut s = file_source(path.clone(), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+        // Valid YAML (one long comment) one byte over the bound: refused, not parsed; no
+        // `Reset`, so the store keeps the backends it has.
+        let mut big = entries(&[2]);
+        big.push('#');
+        big.push_str(&"x".repeat(MAX_FILE_BYTES as usize + 1 - big.len()));
+        std::fs::write(&path, &big).unwrap();
+        err_with(next(&mut s).await, "backends.yaml: is too large: larger than 16 MiB: not a backends file");
+        // Still too large after another change: not said again.
+        big.push('y');
+        std::fs::write(&path, &big).unwrap();
+        silent(&mut s, Duration::from_millis(300)).await;
+        // Back under the bound: read and applied.
+        std::fs::write(&path, entries(&[3])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["3"]);
+        // Exactly the bound is read.
+        let mut edge = entries(&[4]);
+        edge.push('#');
+        edge.push_str(&"x".repeat(MAX_FILE_BYTES as usize - edge.len()));
+        std::fs::write(&path, &edge).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["4"]);
+        drop(s);
+
+        // A path that never ends: at most the bound is read, at once.
+        let mut s = file_source(PathBuf::from("/dev/zero"), QUIET);
+        err_with(next(&mut s).await, "/dev/zero: is too large");
     }
 
     #[tokio::test]
