@@ -62,8 +62,8 @@ pub(crate) fn load_str_with(path: &Path, text: &str, catalog: Option<&Catalog>) 
 fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded, Vec<ConfigError>> {
     let (mut config, index) = parse::<Config>(path, KeyPath::root(), text)?;
     let mut files = vec![index];
-    if let Some(dir) = &config.service_conf_dir {
-        let dir = resolve(path, dir);
+    if let Some(given) = &config.service_conf_dir {
+        let dir = resolve(path, given);
         // A directory that cannot be read is an error of the key that names it.
         let at = KeyPath::root().key("service_conf_dir");
         let pos = Positions::new(vec![files[0].clone()]).locate(&at).1;
@@ -73,7 +73,8 @@ fn load_all(path: &Path, text: &str, catalog: Option<&Catalog>) -> Result<Loaded
                 line: pos.map(|p| p.line),
                 column: pos.map(|p| p.column),
                 path: at.to_string(),
-                message: format!("cannot read directory {}: {e}", dir.display()),
+                // As the operator wrote it (taken from the config file's directory).
+                message: format!("cannot read directory {}: {e}", given.display()),
             }]
         })?;
         for (file, name, index, svc) in read_service_dir(entries)? {

@@ -150,8 +150,7 @@ fn service_conf_dir_adds_services() {
     // directory alone, without a position).
     std::fs::write(&main, "haproxy: {do_reloads: false}\nservice_conf_dir: nope\n").unwrap();
     let e = load(&main).unwrap_err();
-    let nope = dir.path().join("nope");
-    assert_eq!(e[0].to_string(), format!("{}:2:19: service_conf_dir: cannot read directory {}: No such file or directory (os error 2)", main.display(), nope.display()));
+    assert_eq!(e[0].to_string(), format!("{}:2:19: service_conf_dir: cannot read directory nope: No such file or directory (os error 2)", main.display()));
 }
 
 #[test]
