@@ -342,10 +342,11 @@ fn table(all: &[Figures]) -> String {
 /// Three small panels against fleet size (log scale): latency, CPU per change, memory, with the
 /// targets as dashed lines.
 fn chart(all: &[Figures]) -> String {
-    let panels: [(&str, &str, f64, Box<dyn Fn(&Figures) -> f64>); 3] = [
-        ("one change: median latency (ms)", "10 ms target", 10.0, Box::new(|f| f.change_median_ms)),
-        ("myelin CPU per change (ms)", "1 ms target", 1.0, Box::new(|f| f.cpu_per_change_ms)),
-        ("resident memory (MB)", "50 MB target", 50.0, Box::new(|f| f.rss_mb)),
+    type Panel = (&'static str, &'static str, f64, fn(&Figures) -> f64);
+    let panels: [Panel; 3] = [
+        ("one change: median latency (ms)", "10 ms target", 10.0, |f| f.change_median_ms),
+        ("myelin CPU per change (ms)", "1 ms target", 1.0, |f| f.cpu_per_change_ms),
+        ("resident memory (MB)", "50 MB target", 50.0, |f| f.rss_mb),
     ];
     let (w, h, pad) = (300.0, 220.0, 45.0);
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='11'>\n", w * 3.0, h + 30.0);
@@ -357,7 +358,7 @@ fn chart(all: &[Figures]) -> String {
     let (xmin, xmax) = (sizes.first().copied().unwrap_or(1000.0).log10(), sizes.last().copied().unwrap_or(100000.0).log10().max(sizes.first().copied().unwrap_or(1000.0).log10() + 1.0));
     for (p, (title, target_label, target, get)) in panels.iter().enumerate() {
         let ox = p as f64 * w;
-        let ymax = all.iter().map(|f| get(f)).fold(*target * 1.5, f64::max);
+        let ymax = all.iter().map(get).fold(*target * 1.5, f64::max);
         let x = |b: f64| ox + pad + (b.log10() - xmin) / (xmax - xmin) * (w - pad - 40.0);
         let y = |v: f64| h - pad + 20.0 - v / ymax * (h - pad - 10.0);
         let _ = writeln!(s, "<text x='{}' y='14'>{title}</text>", ox + 10.0);
