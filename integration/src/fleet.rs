@@ -324,6 +324,33 @@ impl Fleet {
     }
 }
 
+/// `docker stop -t 3` of `container` (on host `a`) while ~50 requests/s go through host `b`'s
+/// frontend (bounded in count and time): none may fail, and `b` must take the container out of
+/// rotation before it dies. Returns when, after the stop began, `b` took it out and it died.
+pub fn stop_under_load(a: &Host, b: &Host, container: &Container) -> (Duration, Duration) {
+    let logs = || format!("--- host A's myelin:\n{}\n--- host B's myelin:\n{}", a.log(), b.log());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = crate::load_loop(b.port(), Duration::from_millis(20), 2_000, Duration::from_secs(30), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let stopper = {
+        let (id, engine) = (container.id.clone(), container.engine);
+        std::thread::spawn(move || (engine.docker(&["stop", "-t", "3", &id]), Instant::now()))
+    };
+    let out = until(Duration::from_secs(5), || !b.routed().contains(&container.port)).then(Instant::now);
+    let (stopped, died) = stopper.join().unwrap();
+    stopped.unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, failed, why) = load.join().unwrap();
+    let out = out.unwrap_or_else(|| panic!("B still routes the stopped container: {:?}\n{}", b.servers(), logs()));
+    eprintln!("B took it out of rotation {:?} after `docker stop` started; it died {:?} after; {n} requests, {failed} failed", out - t0, died - t0);
+    assert!(out < died, "B drained it only after it died ({:?} vs {:?})", out - t0, died - t0);
+    assert_eq!(failed, 0, "failed requests through B: {why:?}\n{}", logs());
+    assert!(n >= 100, "only {n} requests were sent");
+    (out - t0, died - t0)
+}
+
 /// Poll until `f` holds (every 10 ms, at most `timeout`).
 pub fn until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
     wait_for(timeout, f).is_some()

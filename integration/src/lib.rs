@@ -254,7 +254,19 @@ impl Env {
       port: {port}
       bind_address: 127.0.0.1
       server_options: check inter 500ms
-{service_extra}haproxy:
+{service_extra}{haproxy}{extra}",
+            port = self.frontend_port,
+            haproxy = self.haproxy_section(&self.haproxy_cfg()),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    /// The `haproxy:` section of the tests' configs, writing `hcfg` and reloading HAProxy's
+    /// master (pid file) with SIGUSR2; more keys of the section may follow it.
+    pub fn haproxy_section(&self, hcfg: &Path) -> String {
+        format!(
+            "haproxy:
   config_file_path: {hcfg}
   reload_command: \"kill -USR2 $(cat {pid})\"
   restart_interval: 0.2
@@ -269,14 +281,11 @@ impl Env {
     - retries 3
     - option redispatch
     - retry-on conn-failure empty-response response-timeout
-{extra}",
-            port = self.frontend_port,
-            hcfg = self.haproxy_cfg().display(),
+",
+            hcfg = hcfg.display(),
             pid = self.path("haproxy.pid").display(),
             sock = self.path("haproxy.sock").display(),
-        );
-        std::fs::write(&cfg, text).unwrap();
-        cfg
+        )
     }
 
     pub fn write_backends(&self, text: &str) {

@@ -222,13 +222,11 @@ async fn the_reconcile_loop_keeps_the_agent_true() {
 
 mod e2e {
     use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use myelin_integration::consul::Consul;
-    use myelin_integration::fleet::{until, Host, HostEngine};
-    use myelin_integration::{get, load_loop};
+    use myelin_integration::fleet::{stop_under_load, until, Host, HostEngine};
+    use myelin_integration::get;
 
     const BOUND: Duration = Duration::from_secs(5);
     /// Host A's check TTL (seconds): the bound after which B drops a killed A's instances.
@@ -262,25 +260,7 @@ mod e2e {
         assert!(st.to_string().contains(&id_a), "A's /status does not show what it announces: {st}");
 
         // `docker stop` on A under ~50 requests/s through B: none fails, B drains it first.
-        let stop = Arc::new(AtomicBool::new(false));
-        let load = load_loop(b.port(), Duration::from_millis(20), 2_000, Duration::from_secs(30), stop.clone());
-        std::thread::sleep(Duration::from_secs(1));
-        let t0 = Instant::now();
-        let stopper = {
-            let (id, engine) = (on_a.id.clone(), on_a.engine);
-            std::thread::spawn(move || (engine.docker(&["stop", "-t", "3", &id]), Instant::now()))
-        };
-        let out = until(BOUND, || !b.routed().contains(&on_a.port)).then(Instant::now);
-        let (stopped, died) = stopper.join().unwrap();
-        stopped.unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        let (n, failed, why) = load.join().unwrap();
-        let out = out.unwrap_or_else(|| panic!("B still routes the stopped container: {:?}\n{}", b.servers(), logs(&a, &b)));
-        eprintln!("B took it out of rotation {:?} after `docker stop` started; it died {:?} after; {n} requests, {failed} failed", out - t0, died - t0);
-        assert!(out < died, "B drained it only after it died");
-        assert_eq!(failed, 0, "failed requests through B: {why:?}\n{}", logs(&a, &b));
-        assert!(n >= 100, "only {n} requests were sent");
+        stop_under_load(&a, &b, &on_a);
         assert!(consul_ids(&c, "host-a").is_empty(), "{:?}", c.service_ids());
 
         // A's myelin killed: the registration stays, its check turns critical after the TTL,

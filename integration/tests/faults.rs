@@ -93,29 +93,7 @@ fn web_service(env: &Env) -> String {
 /// A myelin config: `services` (YAML lines under `services:`), haproxy.cfg at `hcfg`, HAProxy
 /// reloaded by its pid file unless `extra` (lines under `haproxy:`) names the master CLI.
 fn config_text(env: &Env, services: &str, hcfg: &Path, extra: &str, admin: u16) -> String {
-    format!(
-        "services:
-{services}haproxy:
-  config_file_path: {hcfg}
-  reload_command: \"kill -USR2 $(cat {pid})\"
-  restart_interval: 0.2
-  global:
-    - maxconn 200
-    - stats socket {sock} mode 600 level admin
-  defaults:
-    - mode http
-    - timeout connect 2s
-    - timeout client 10s
-    - timeout server 10s
-    - retries 3
-    - option redispatch
-    - retry-on conn-failure empty-response response-timeout
-{extra}admin: {{bind: {admin}}}
-",
-        hcfg = hcfg.display(),
-        pid = env.path("haproxy.pid").display(),
-        sock = env.path("haproxy.sock").display(),
-    )
+    format!("services:\n{services}{}{extra}admin: {{bind: {admin}}}\n", env.haproxy_section(hcfg))
 }
 
 /// Start HAProxy in master-worker mode on `hcfg` as it is; wait until it listens on `port`.

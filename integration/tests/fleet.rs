@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use myelin_integration::etcd::Etcd;
-use myelin_integration::fleet::{until, Container, Fleet, Host};
-use myelin_integration::{get, load_loop};
+use myelin_integration::fleet::{stop_under_load, until, Container, Fleet, Host};
+use myelin_integration::get;
 
 /// Generous: changes cross in milliseconds (see `make bench`); the bound only keeps a broken
 /// build from hanging.
@@ -71,31 +71,7 @@ fn a_container_on_a_is_routed_by_b_and_drained_there_before_it_dies() {
     assert_eq!((v["host"].as_str(), v["port"].as_u64()), (Some("127.0.0.1"), Some(u64::from(on_a.port))), "{v}");
 
     let reloads = f.b.env.reloads().unwrap();
-    // ~50 requests/s through B, bounded in count and time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load_loop(f.b.port(), Duration::from_millis(20), 2_000, Duration::from_secs(30), stop.clone());
-    std::thread::sleep(Duration::from_secs(1));
-    let t0 = Instant::now();
-    let stopper = {
-        let id = on_a.id.clone();
-        let engine = on_a.engine;
-        std::thread::spawn(move || {
-            let r = engine.docker(&["stop", "-t", "3", &id]);
-            (r, Instant::now())
-        })
-    };
-    let port = on_a.port;
-    let out = until(BOUND, || !f.b.routed().contains(&port)).then(Instant::now);
-    let (stopped, died) = stopper.join().unwrap();
-    stopped.unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let (n, failed, why) = load.join().unwrap();
-    let out = out.unwrap_or_else(|| panic!("B still routes the stopped container: {:?}\n{}", f.b.servers(), f.logs()));
-    eprintln!("B took it out of rotation {:?} after `docker stop` started; it died {:?} after; {n} requests, {failed} failed", out - t0, died - t0);
-    assert!(out < died, "B drained it only after it died ({:?} vs {:?})", out - t0, died - t0);
-    assert_eq!(failed, 0, "failed requests through B: {why:?}\n{}", f.logs());
-    assert!(n >= 100, "only {n} requests were sent");
+    stop_under_load(&f.a, &f.b, &on_a);
     // Withdrawn from etcd, gone from both HAProxies; B's own instance stays.
     assert!(converged(&f, &ports(&[&on_b]), &ids(&[(&f.b, &on_b)])), "a {:?} b {:?} keys {:?}\n{}", f.a.routed(), f.b.routed(), f.keys(), f.logs());
     assert_eq!(f.a.status()["announce"]["web"]["published"], serde_json::json!([]), "{}", f.a.status());
