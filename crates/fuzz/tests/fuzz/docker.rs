@@ -47,7 +47,7 @@ fn container() -> BoxedStrategy<Value> {
         opt(json_value(&["local/nodeapp:latest", "local/nodeapp", "other"])),
         opt(json_value(&["default", "host", "bridge", "container:x"])),
         opt(bindings()),
-        opt(json_value(&["172.17.0.3", "", "::1", "300.1.1.1"])),
+        opt(json_value(&["198.51.100.3", "", "::1", "300.1.1.1"])),
         (any::<Option<bool>>(), any::<Option<bool>>(), any::<Option<bool>>()),
         opt(json_value(&["healthy", "unhealthy", "starting", "none", ""])),
         opt(prop::collection::vec(json_value(&["CMD", "NONE", "curl"]), 0..2).prop_map(Value::Array).boxed()),
