@@ -309,14 +309,16 @@ impl Observer {
         let first = self.last_apply.is_none();
         // Only the services this apply changed (or that still show a failed apply) are
         // touched: the cost follows the change.
-        let failed_before: Vec<ServiceName> = self.failed.iter().cloned().collect();
+        let touched: Vec<ServiceName> = match scope {
+            _ if first => self.services.keys().cloned().collect(),
+            Scope::All => self.services.keys().cloned().collect(),
+            Scope::Services(names) => names.union(&self.failed).cloned().collect(),
+        };
         let mut routed = BTreeMap::new();
-        for (name, t) in &mut self.services {
-            if !(first || scope.contains(name) || failed_before.contains(name)) {
-                continue;
-            }
-            let Some(svc) = desired.services.get(name) else { continue };
-            let list = svc.routed(&store.backends(name));
+        for name in touched {
+            let Some(t) = self.services.get_mut(&name) else { continue };
+            let Some(svc) = desired.services.get(&name) else { continue };
+            let list = svc.routed(&store.backends(&name));
             if self.file_output.is_some() {
                 routed.insert(name.clone(), list.clone());
             }
@@ -326,9 +328,9 @@ impl Observer {
             self.metrics.set_backends(name.as_str(), t.backends.len());
             t.last_apply = Some(o.clone());
             if o.is_ok() {
-                self.failed.remove(name);
+                self.failed.remove(&name);
             } else {
-                self.failed.insert(name.clone());
+                self.failed.insert(name);
             }
         }
         let ok = o.is_ok();
