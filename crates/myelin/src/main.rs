@@ -200,7 +200,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => daemon::run(&config).await,
+            // On a worker, not on this thread: the worker that sees the runtime API's
+            // socket ready runs the loop itself instead of waking another thread for it.
+            Command::Run { config } => match tokio::spawn(async move { daemon::run(&config).await }).await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("the daemon loop stopped: {e}")),
+            },
             Command::Check { config } => commands::check(&config).await,
             Command::Render { config, timeout } => commands::render(&config, timeout).await,
             Command::Status { config, admin, json } => commands::status(&config, admin.as_deref(), json).await,
