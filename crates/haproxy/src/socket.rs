@@ -9,16 +9,19 @@ use tokio::net::UnixStream;
 
 use crate::Error;
 
+/// What a reply buffer holds before it grows.
+const REPLY_ROOM: usize = 16 * 1024;
+
 /// Send one command to a HAProxy socket and read the whole reply.
 pub(crate) async fn ask(socket: &Path, command: &str, timeout: Duration) -> Result<String, Error> {
     let io = |source| Error::Socket { socket: socket.to_path_buf(), command: command.to_owned(), source };
     let talk = async {
         let mut s = UnixStream::connect(socket).await.map_err(io)?;
-        s.write_all(command.as_bytes()).await.map_err(io)?;
-        s.write_all(b"\n").await.map_err(io)?;
+        s.write_all(format!("{command}\n").as_bytes()).await.map_err(io)?;
         // The master CLI answers once the write side is closed.
         s.shutdown().await.map_err(io)?;
-        let mut out = String::new();
+        // Room for a typical reply at once (reads otherwise start at 32 bytes and double).
+        let mut out = String::with_capacity(REPLY_ROOM);
         s.read_to_string(&mut out).await.map_err(io)?;
         Ok(out)
     };
@@ -51,7 +54,7 @@ pub(crate) async fn pipeline(socket: &Path, commands: &[String], timeout: Durati
             wr.write_all(input.as_bytes()).await?;
             wr.shutdown().await
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(REPLY_ROOM);
         let (w, r) = tokio::join!(write, rd.read_to_end(&mut out));
         w.map_err(io)?;
         r.map_err(io)?;

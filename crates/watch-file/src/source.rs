@@ -31,7 +31,7 @@ use std::time::Duration;
 use futures::stream;
 use myelin_source::{Cause, SourceError, Update, UpdateStream};
 
-use crate::hub::{hub, Subscription, WatchError};
+use crate::hub::{hub, Settled, Subscription, WatchError};
 use crate::MAX_FILE_BYTES;
 use crate::parse::parse_backends;
 use crate::resolve::{resolve, Seen};
@@ -82,13 +82,17 @@ struct State {
 
 impl State {
     /// Walk the path and bring the watches in line with it, until the two agree (a change in
-    /// between is caught by walking again after the watches are placed).
+    /// between is caught by walking again after the watches are placed; a walk made while
+    /// every watch it needs was in place already is final: a change during it has woken us).
     fn look(&mut self) -> Result<Seen, SourceError> {
         let mut r = resolve(&self.path);
         for _ in 0..SETTLE_TRIES {
-            let complete = self.sub.set(&r.interests).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
+            let settled = self.sub.set(&r.interests).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
+            if settled == Settled::Already {
+                return r.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
+            }
             let again = resolve(&self.path);
-            if complete && again.interests == r.interests {
+            if settled == Settled::Placed && again.interests == r.interests {
                 return again.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
             }
             r = again;
@@ -166,8 +170,11 @@ impl State {
 /// Read at most [`MAX_FILE_BYTES`] and one more byte (enough to tell the file is too large).
 fn std_read(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    // Sized from the start: read in one call, not in doubling steps from 32 bytes.
+    let len = file.metadata().map_or(0, |m| m.len()).min(MAX_FILE_BYTES) as usize;
+    let mut bytes = Vec::with_capacity(len + 1);
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -327,6 +334,25 @@ mod tests {
         // Before: each read raised an event that caused the next read, ~40 a second.
         silent(&mut s, Duration::from_millis(1000)).await;
         assert_eq!(opens.load(Ordering::SeqCst), 1, "the file was read again while nothing changed");
+    }
+
+    /// A file replaced by a rename is read once, not again after a quiet period.
+    #[tokio::test]
+    async fn a_rename_into_place_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let (_w, opens) = count_opens(dir.path(), path.clone());
+        let mut s = file_source(path.clone(), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+        for (round, port) in (2..7).enumerate() {
+            let tmp = dir.path().join("backends.tmp");
+            std::fs::write(&tmp, entries(&[port])).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            assert_eq!(ports(next(&mut s).await), [port.to_string()]);
+            silent(&mut s, QUIET * 4).await;
+            assert_eq!(opens.load(Ordering::SeqCst), round + 2, "read more than once after rename {}", round + 1);
+        }
     }
 
     #[tokio::test]
