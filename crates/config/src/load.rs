@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use myelin_watch_consul::catalog::Catalog;
 use serde::de::DeserializeOwned;
@@ -194,7 +195,9 @@ fn parse<T: DeserializeOwned>(file: &Path, root: KeyPath, text: &str) -> Result<
     if text.trim().is_empty() {
         return Err(vec![error(file, "the file is empty".into())]);
     }
-    let (index, duplicates) = FileIndex::build(file, root.clone(), &text);
+    // The index keeps the text, to find positions again if an error needs one.
+    let text: Arc<str> = text.into();
+    let (index, duplicates) = FileIndex::build(file, root.clone(), text.clone());
     if !duplicates.is_empty() {
         return Err(duplicates);
     }

@@ -382,6 +382,39 @@ fn service_conf_dir_errors_point_into_their_file() {
 }
 
 #[test]
+fn errors_deep_in_many_service_files_point_at_their_position() {
+    // Positions are found only for a file an error is about: the 5,000th of 5,100 here.
+    let dir = tempfile::tempdir().unwrap();
+    let svc = dir.path().join("svc");
+    std::fs::create_dir(&svc).unwrap();
+    let plain = "{\"discovery\": {\"method\": \"static\"},\n \"default_servers\": [{\"host\": \"127.0.0.1\", \"port\": 80}]}\n";
+    for i in 0..5100 {
+        let text = match i {
+            0 => "{\"discovery\": {\"method\": \"static\"}, \"haproxy\": {\"port\": 8080}}\n",
+            4999 => "{\"discovery\": {\"method\": \"static\"},\n \"default_servers\": [{\"host\": \"127.0.0.1\", \"port\": 80},\n   {\"host\": \"127.0.0.1\", \"port\": 81, \"weight\": 1000}]}\n",
+            _ => plain,
+        };
+        std::fs::write(svc.join(format!("s{i:04}.json")), text).unwrap();
+    }
+    let main = dir.path().join("myelin.yaml");
+    std::fs::write(&main, "service_conf_dir: svc\nhaproxy: {do_reloads: false}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    let bad = svc.join("s4999.json").display().to_string();
+    assert_eq!(shown, [format!("{bad}:3:48: services.s4999.default_servers[1].weight: invalid weight \"1000\": must be 0 to 256")]);
+
+    // The second of two frontends on one port, by file order.
+    std::fs::write(svc.join("s4999.json"), "{\"discovery\": {\"method\": \"static\"},\n \"haproxy\": {\"port\": 8080}}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(shown[0].starts_with(&format!("{bad}:2:22: services.s4999.haproxy.port: `localhost:8080` overlaps `localhost:8080`, the frontend of service `s0000`")), "{shown:?}");
+
+    // A key given twice there is found while the files are read.
+    std::fs::write(svc.join("s4999.json"), "{\"discovery\": {\"method\": \"static\"},\n \"discovery\": {\"method\": \"static\"}}\n").unwrap();
+    let shown: Vec<_> = load(&main).unwrap_err().iter().map(|e| e.to_string()).collect();
+    assert_eq!(shown, [format!("{bad}:2:2: services.s4999.discovery: this key is given twice in the same mapping (first on line 1); give it once")]);
+}
+
+#[test]
 fn files_are_read_through_a_size_bound() {
     let started = std::time::Instant::now();
     let e = load(Path::new("/dev/zero")).unwrap_err();
@@ -572,7 +605,7 @@ proptest::proptest! {
                 // Only `key` can be wrong: each error is about it, on its line (when the
                 // position parser reads the text: see `FileIndex::is_empty`).
                 let line = numbers_config(key, "@@").lines().position(|l| l.contains("@@")).map(|i| i + 1);
-                let indexed = !crate::position::FileIndex::build(Path::new("t"), crate::position::KeyPath::root(), &text).0.is_empty();
+                let indexed = !crate::position::FileIndex::build(Path::new("t"), crate::position::KeyPath::root(), text.as_str()).0.is_empty();
                 proptest::prop_assert!(!errors.is_empty());
                 for e in &errors {
                     proptest::prop_assert!(e.line.is_some(), "{} ({} = {})", e, key, value);

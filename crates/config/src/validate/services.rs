@@ -82,10 +82,30 @@ fn announce_clashes(cx: &mut Ctx, runtimes: &BTreeMap<ServiceName, ServiceRuntim
 /// Two frontends cannot listen on the same address and port; a wildcard address (`*`,
 /// `0.0.0.0`, `::`) takes the port on every address. The second one in the files is the error.
 fn frontend_clashes(cx: &mut Ctx, specs: &BTreeMap<ServiceName, ServiceSpec>) {
-    let mut frontends: Vec<_> = specs
-        .iter()
-        .filter_map(|(name, s)| s.frontend.as_ref().map(|f| (name, f)))
-        .map(|(name, f)| {
+    // Only frontends that overlap another are ordered by position: finding a position reads
+    // the service's file again, which a configuration without clashes never needs.
+    let mut by_port: BTreeMap<_, Vec<_>> = BTreeMap::new();
+    for (name, f) in specs.iter().filter_map(|(name, s)| s.frontend.as_ref().map(|f| (name, f))) {
+        by_port.entry(f.port).or_default().push((name, f));
+    }
+    let mut frontends: Vec<_> = by_port
+        .values()
+        .flat_map(|same| {
+            // On one port, a wildcard overlaps every other frontend, an address the wildcards
+            // and the same address.
+            let wildcards = same.iter().filter(|(_, f)| wildcard(&f.bind_address)).count();
+            let mut hosts: BTreeMap<&str, usize> = BTreeMap::new();
+            for (_, f) in same {
+                if let BindAddress::Host(h) = &f.bind_address {
+                    *hosts.entry(h.as_str()).or_default() += 1;
+                }
+            }
+            same.iter().filter(move |(_, f)| match &f.bind_address {
+                BindAddress::Host(h) if !wildcard(&f.bind_address) => wildcards > 0 || hosts[h.as_str()] > 1,
+                _ => same.len() > 1,
+            })
+        })
+        .map(|&(name, f)| {
             let path = KeyPath::root().key("services").key(name.as_str()).key("haproxy").key("port");
             (cx.positions.order(&path), path, name, f)
         })
