@@ -22,7 +22,7 @@ fn the_tutorial_synapse_config_loads_unchanged() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/synapse.json.conf");
     let l = load(&path).unwrap();
     let name = myelin_core::ServiceName::parse("nodesrv").unwrap();
-    assert!(matches!(l.services[&name].discovery, Discovery::Docker(_)));
+    assert!(matches!(*l.services[&name].discovery, Discovery::Docker(_)));
     let svc = &l.spec.services[&name];
     let fe = svc.frontend.as_ref().unwrap();
     assert_eq!(fe.port.get(), 8080);
@@ -44,7 +44,7 @@ fn synapse_example_zookeeper_services_load_unchanged() {
     let l = load(&path).unwrap_or_else(|e| panic!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
     for (svc, zk_path) in [("service1", "/services/service1"), ("service2", "/services/service2")] {
         let name = myelin_core::ServiceName::parse(svc).unwrap();
-        let Discovery::Zookeeper(zk) = &l.services[&name].discovery else { panic!("{svc}: not zookeeper") };
+        let Discovery::Zookeeper(zk) = &*l.services[&name].discovery else { panic!("{svc}: not zookeeper") };
         let s = zk.settings().unwrap();
         assert_eq!((s.connect.as_str(), s.path.as_str()), ("localhost:2181", zk_path));
         assert_eq!(l.services[&name].discovery.method(), "zookeeper");
@@ -52,7 +52,7 @@ fn synapse_example_zookeeper_services_load_unchanged() {
     // Synapse's other ZooKeeper form, and decode settings.
     let l = ok("services:\n  web:\n    discovery: {method: zookeeper_poll, hosts: ['zk1:2181', 'zk2:2181/smartstack'], path: /nerve/web, polling_interval_sec: 30, decode: {method: serverset, endpoint_name: http}}\n");
     let web = myelin_core::ServiceName::parse("web").unwrap();
-    assert!(matches!(l.services[&web].discovery, Discovery::ZookeeperPoll(_)));
+    assert!(matches!(*l.services[&web].discovery, Discovery::ZookeeperPoll(_)));
     let e = err("services:\n  web:\n    discovery: {method: zookeeper, hosts: [], path: nerve/web}\n");
     assert!(e.contains("services.web.discovery.hosts") && e.contains("services.web.discovery.path"), "{e}");
 }
@@ -116,7 +116,7 @@ fn native_yaml_form_and_defaults() {
     assert_eq!(l.haproxy.reload_command, Some(crate::Command::Argv(vec!["kill".into(), "-USR2".into(), "1234".into()])));
     assert_eq!(l.haproxy.restart_interval.as_millis(), 500);
     let name = myelin_core::ServiceName::parse("web").unwrap();
-    match &l.services[&name].discovery {
+    match &*l.services[&name].discovery {
         Discovery::File(f) => assert_eq!(l.source_context(&name).resolve(&f.path), Path::new("/etc/myelin/backends.yaml")),
         d => panic!("{d:?}"),
     }
@@ -213,7 +213,7 @@ fn docker_discovery_keys() {
     let l = ok(&format!(
         "{MIN}services:\n  web:\n    discovery:\n      method: docker\n      servers: [{{name: h1, host: 192.0.2.10, cert_path: certs}}, {{name: h2, host: docker2.example, port: 2375}}]\n      image_name: local/nodeapp\n      container_port: 8000\n      address: container\n      require_healthy: false\n      name_pattern: 'web-*'\n      labels: {{tier: front}}\n      check_interval: 5\n"
     ));
-    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    let Discovery::Docker(d) = &*l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
     // Relative paths are taken from the config file's directory when the sources open.
     let cx = l.source_context(&myelin_core::ServiceName::parse("web").unwrap());
     assert_eq!(d.servers[0].cert_path.as_deref().map(|p| cx.resolve(p)), Some(PathBuf::from("/etc/myelin/certs")));
@@ -222,7 +222,7 @@ fn docker_discovery_keys() {
     assert_eq!(d.check_interval.map(crate::Seconds::get), Some(5.0));
 
     let l = ok(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, container_port: 8000}}\n"));
-    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    let Discovery::Docker(d) = &*l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
     assert!(d.require_healthy && d.servers.is_empty() && d.address == myelin_watch_docker::DockerAddress::Published);
 
     let e = err(&format!("{MIN}services:\n  web:\n    discovery: {{method: docker, address: bridge}}\n"));
@@ -241,7 +241,7 @@ fn docker_discovery_keys() {
 fn the_docker_example_loads_and_retries_on_another_server() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/docker.yaml");
     let l = load(&path).unwrap_or_else(|e| panic!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")));
-    let Discovery::Docker(d) = &l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
+    let Discovery::Docker(d) = &*l.services[&myelin_core::ServiceName::parse("web").unwrap()].discovery else { panic!() };
     assert_eq!((d.image_name.as_deref(), d.container_port), (Some("local/nodeapp"), Some(crate::Number(8000))));
     let defaults: Vec<_> = l.spec.sections.defaults.iter().map(|l| l.as_str()).collect();
     assert!(defaults.contains(&"retries 3") && defaults.contains(&"option redispatch"), "{defaults:?}");
@@ -659,7 +659,7 @@ fn consul_discovery_keys_aliases_and_checks() {
 {MIN}"
     ));
     let name = myelin_core::ServiceName::parse("web").unwrap();
-    let d = &l.services[&name].discovery;
+    let d = &*l.services[&name].discovery;
     assert!(d.supported() && d.method() == "consul");
     let Discovery::Consul(c) = d else { panic!() };
     assert_eq!((c.selection().tags, c.datacenter.as_deref()), (vec!["v2".to_owned()], Some("eu1")));

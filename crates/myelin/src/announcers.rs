@@ -100,7 +100,7 @@ impl Announcers {
         };
         let last = status.borrow().clone();
         info!(service = %name, owner = %owner, target = ?last.target, "Announcing this host's containers.");
-        self.running.insert(name.clone(), Running { announce: announce.clone(), owner: owner.clone(), follow, stop: Some(stop), task, status: Some(status), last });
+        self.running.insert(name.clone(), Running { announce: (**announce).clone(), owner: owner.clone(), follow, stop: Some(stop), task, status: Some(status), last });
     }
 
     /// Start every service's announcer.
@@ -118,7 +118,7 @@ impl Announcers {
         let mut previous = BTreeMap::new();
         for name in names {
             let r = self.running.get(&name).expect("listed");
-            let same = loaded.services.get(&name).and_then(|s| s.announce.as_ref()) == Some(&r.announce) && loaded.owner.as_ref() == Some(&r.owner);
+            let same = loaded.services.get(&name).and_then(|s| s.announce.as_deref()) == Some(&r.announce) && loaded.owner.as_ref() == Some(&r.owner);
             if !same {
                 let same_registry = loaded.owner.as_ref() == Some(&r.owner) && target(loaded, &name).as_deref() == Some(r.last.target.as_str());
                 let r = self.running.remove(&name).expect("listed");

@@ -92,7 +92,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     d.seed_from_state_file();
     let services: Vec<_> = d.loaded.services.keys().cloned().collect();
     for name in services {
-        d.watchers.start(&d.loaded, &name, &d.tx);
+        for ev in d.watchers.start(&d.loaded, &name, &d.tx) {
+            d.handle(ev);
+        }
     }
     d.announcers.start_all(&d.loaded);
     d.obs.announcing(d.announcers.statuses());
@@ -342,12 +344,17 @@ impl Daemon {
         let removed = old_services.iter().filter(|n| !new.services.contains_key(*n)).count();
         self.driver.reconfigure(commands::driver_settings(&new));
         self.loaded = new;
+        let mut fixed = Vec::new();
         for name in restarted.iter().chain(&added) {
-            self.watchers.start(&self.loaded, name, &self.tx);
+            fixed.extend(self.watchers.start(&self.loaded, name, &self.tx));
         }
         self.changed = Scope::All;
         self.announcers.reconfigure(&self.loaded);
         self.obs.configure(&self.loaded, &restarted);
+        // After the status knows the new services.
+        for ev in fixed {
+            self.handle(ev);
+        }
         self.obs.announcing(self.announcers.statuses());
         if follow {
             self.follow_catalog();

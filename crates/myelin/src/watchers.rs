@@ -2,6 +2,7 @@
 //! generation so that events a replaced watcher sent late are recognised and dropped.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use myelin_config::{Discovery, Loaded};
 use myelin_core::ServiceName;
@@ -12,10 +13,12 @@ use tokio::task::JoinHandle;
 use myelin_watch_consul::catalog::Catalog;
 
 struct Watcher {
-    discovery: Discovery,
+    discovery: Arc<Discovery>,
     generation: u64,
-    /// One per partition; none for a kind that is not supported yet.
+    /// One per partition whose set can change.
     tasks: Vec<JoinHandle<()>>,
+    /// Partitions (with a task or a fixed set); none for a kind that is not supported yet.
+    partitions: usize,
 }
 
 impl Drop for Watcher {
@@ -34,18 +37,26 @@ pub struct Watchers {
 }
 
 impl Watchers {
-    /// Start (or restart) the watcher of `name` as `loaded` configures it.
-    pub fn start(&mut self, loaded: &Loaded, name: &ServiceName, tx: &mpsc::Sender<Event>) {
-        let Some(svc) = loaded.services.get(name) else { return };
+    /// Start (or restart) the watcher of `name` as `loaded` configures it. Returns what its
+    /// partitions with a fixed set say (no task runs for those): the caller handles it.
+    #[must_use]
+    pub fn start(&mut self, loaded: &Loaded, name: &ServiceName, tx: &mpsc::Sender<Event>) -> Vec<Event> {
+        let Some(svc) = loaded.services.get(name) else { return Vec::new() };
         self.generation += 1;
         let generation = self.generation;
         let source = svc.discovery.source();
-        let tasks = source
-            .partitions(&loaded.source_context(name))
-            .into_iter()
-            .map(|p| tokio::spawn(myelin_watch::supervise(name.clone(), p, generation, source.label_filters().to_vec(), tx.clone())))
-            .collect();
-        self.running.insert(name.clone(), Watcher { discovery: svc.discovery.clone(), generation, tasks });
+        let filters = source.label_filters();
+        let (mut tasks, mut fixed) = (Vec::new(), Vec::new());
+        let partitions = source.partitions(&loaded.source_context(name));
+        let count = partitions.len();
+        for mut p in partitions {
+            match p.fixed.take() {
+                Some(set) => fixed.push(myelin_watch::fixed(name, &p.name, generation, set, filters)),
+                None => tasks.push(tokio::spawn(myelin_watch::supervise(name.clone(), p, generation, filters.to_vec(), tx.clone()))),
+            }
+        }
+        self.running.insert(name.clone(), Watcher { discovery: svc.discovery.clone(), generation, tasks, partitions: count });
+        fixed
     }
 
     /// Stop a service's watcher.
@@ -74,7 +85,7 @@ impl Watchers {
 
     /// Services with at least one source (those of kinds not supported yet have none).
     pub fn with_sources(&self) -> impl Iterator<Item = &ServiceName> {
-        self.running.iter().filter(|(_, w)| !w.tasks.is_empty()).map(|(n, _)| n)
+        self.running.iter().filter(|(_, w)| w.partitions > 0).map(|(n, _)| n)
     }
 }
 
@@ -107,6 +118,7 @@ pub fn watch_catalog(t: &myelin_config::ConsulServicesConfig, tx: mpsc::Sender<C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use myelin_core::Update;
     use myelin_watch::EventKind;
 
     fn loaded(yaml: &str) -> Loaded {
@@ -119,18 +131,35 @@ mod tests {
         let l = loaded("services:\n  web:\n    discovery: {method: static}\nhaproxy: {do_reloads: false}\n");
         let (tx, mut rx) = mpsc::channel(16);
         let mut w = Watchers::default();
-        w.start(&l, &web, &tx);
-        let first = rx.recv().await.unwrap();
-        assert!(matches!(first.kind, EventKind::Update(_)));
+        // `static` has a fixed set: it is returned at once, and no task sends anything.
+        let first = w.start(&l, &web, &tx).pop().unwrap();
+        assert!(matches!(&first.kind, EventKind::Update(Update::Reset(set)) if set.is_empty()));
         assert!(w.accepts(&first));
+        assert!(w.with_sources().any(|n| *n == web));
 
         // SIGHUP replaces the watcher: what the old one sent is stale, the new one's is not.
-        w.start(&l, &web, &tx);
+        let second = w.start(&l, &web, &tx).pop().unwrap();
         assert!(!w.accepts(&first));
-        let second = rx.recv().await.unwrap();
         assert!(w.accepts(&second));
         w.stop(&web);
         assert!(!w.accepts(&second));
+        drop(w);
+        drop(tx);
+        assert!(rx.recv().await.is_none(), "a task ran for a fixed set");
+    }
+
+    #[tokio::test]
+    async fn a_source_that_can_change_runs_in_a_task() {
+        let web = ServiceName::parse("web").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "- {host: 127.0.0.1, port: 8080}\n").unwrap();
+        let l = myelin_config::load_str(&dir.path().join("myelin.yaml"), "services:\n  web:\n    discovery: {method: file, path: a.yaml}\nhaproxy: {do_reloads: false}\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = Watchers::default();
+        assert!(w.start(&l, &web, &tx).is_empty());
+        let ev = rx.recv().await.unwrap();
+        assert!(matches!(&ev.kind, EventKind::Update(Update::Reset(set)) if set.len() == 1));
+        assert!(w.accepts(&ev));
     }
 
     #[tokio::test]
@@ -140,7 +169,7 @@ mod tests {
         let b = loaded("services:\n  web:\n    discovery: {method: file, path: b.yaml}\nhaproxy: {do_reloads: false}\n");
         let (tx, _rx) = mpsc::channel(16);
         let mut w = Watchers::default();
-        w.start(&a, &web, &tx);
+        let _ = w.start(&a, &web, &tx);
         assert!(w.changed_in(&a).is_empty());
         assert_eq!(w.changed_in(&b), [web]);
     }

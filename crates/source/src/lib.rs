@@ -38,11 +38,22 @@ pub type Opener = Box<dyn Fn() -> UpdateStream + Send + Sync>;
 pub struct Partition {
     pub name: String,
     pub open: Opener,
+    /// A set known at once that never changes (the `static` kind's): it needs no task to
+    /// watch it, and the daemon takes it as the first `Reset` straight away. `open` yields
+    /// the same set, then nothing.
+    pub fixed: Option<Vec<Discovered>>,
 }
 
 impl Partition {
     pub fn new(name: impl Into<String>, open: Opener) -> Self {
-        Self { name: name.into(), open }
+        Self { name: name.into(), open, fixed: None }
+    }
+
+    /// The only partition of a source whose set is `set`, for ever.
+    pub fn fixed(set: Vec<Discovered>) -> Self {
+        let given = set.clone();
+        let open: Opener = Box::new(move || fixed_source(given.clone()));
+        Self { name: String::new(), open, fixed: Some(set) }
     }
 
     /// The only partition of a source that has one.
@@ -131,16 +142,17 @@ impl SourceConfig for StaticConfig {
         Vec::new()
     }
 
+    /// `default_servers` only (Synapse's `base`): an empty set, so the service counts as
+    /// synced, then nothing.
     fn partitions(&self, _: &Context) -> Vec<Partition> {
-        vec![Partition::single(Box::new(static_source))]
+        vec![Partition::fixed(Vec::new())]
     }
 }
 
-/// `default_servers` only (Synapse's `base`): an empty `Reset`, so the service counts as
-/// synced, then nothing.
-pub fn static_source() -> UpdateStream {
+/// A `Reset` of `set`, then nothing.
+fn fixed_source(set: Vec<Discovered>) -> UpdateStream {
     use futures::StreamExt as _;
-    Box::pin(futures::stream::once(async { Ok(Update::Reset(vec![])) }).chain(futures::stream::pending()))
+    Box::pin(futures::stream::once(async { Ok(Update::Reset(set)) }).chain(futures::stream::pending()))
 }
 
 /// The path in `path` taken from the directory of the config file `base`, unless absolute.

@@ -55,7 +55,7 @@ fn filter(update: Update, filters: &[LabelFilter]) -> Update {
 /// dropped, so after every reconnect the store sees a complete set first. Returns when the
 /// receiver is gone; cancel it by dropping (aborting) its task.
 pub async fn supervise(service: ServiceName, source: Partition, generation: u64, filters: Vec<LabelFilter>, tx: mpsc::Sender<Event>) {
-    let Partition { name: partition, open } = source;
+    let Partition { name: partition, open, .. } = source;
     let mut delays = backoff();
     let mut was_synced = false;
     loop {
@@ -97,6 +97,13 @@ pub async fn supervise(service: ServiceName, source: Partition, generation: u64,
         }
         tokio::time::sleep(retry_in).await;
     }
+}
+
+/// What a partition with a fixed set ([`Partition::fixed`]) says, at once and for good: its
+/// set, through the service's label filters. It needs no [`supervise`] task.
+pub fn fixed(service: &ServiceName, partition: &str, generation: u64, set: Vec<myelin_source::Discovered>, filters: &[LabelFilter]) -> Event {
+    debug!(%service, partition, "Source synced (a fixed set).");
+    Event { service: service.clone(), partition: partition.to_owned(), generation, kind: EventKind::Update(filter(Update::Reset(set), filters)) }
 }
 
 /// Open a source once and wait for its first complete set (for `myelin render`), with the

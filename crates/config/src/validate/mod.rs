@@ -70,10 +70,12 @@ pub struct HaproxySettings {
 /// What a service's watcher needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRuntime {
-    pub discovery: Discovery,
+    /// Shared with the running watcher (which compares it with the next configuration's).
+    pub discovery: std::sync::Arc<Discovery>,
     pub store: StoreOptions,
-    /// What this host announces for the service, if anything.
-    pub announce: Option<Announce>,
+    /// What this host announces for the service, if anything (boxed: most services announce
+    /// nothing, and a configuration may hold tens of thousands of services).
+    pub announce: Option<Box<Announce>>,
 }
 
 /// A service's `announce` section, checked.

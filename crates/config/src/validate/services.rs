@@ -50,7 +50,11 @@ pub(super) fn services(
         let announce = svc.announce.as_ref().and_then(|a| super::announce::announce(cx, &path.key("announce"), a, &svc.discovery));
         runtimes.insert(
             sname.clone(),
-            ServiceRuntime { discovery: svc.discovery.clone(), store: StoreOptions { use_previous_backends: svc.use_previous_backends }, announce },
+            ServiceRuntime {
+                discovery: std::sync::Arc::new(svc.discovery.clone()),
+                store: StoreOptions { use_previous_backends: svc.use_previous_backends },
+                announce: announce.map(Box::new),
+            },
         );
         specs.insert(sname, spec);
     }
@@ -218,7 +222,7 @@ fn service_spec(cx: &mut Ctx, path: &KeyPath, name: &ServiceName, svc: &ServiceC
         None => BackendName::parse(name.as_str()).ok(),
     };
 
-    let mut default_servers: Vec<Backend> = Vec::new();
+    let mut default_servers: Vec<Backend> = Vec::with_capacity(svc.default_servers.len());
     let mut seen = BTreeSet::new();
     for (i, s) in svc.default_servers.iter().enumerate() {
         let at = path.key("default_servers").index(i);
