@@ -281,7 +281,7 @@ impl Driver {
                     report.runtime_ok = true;
                     self.recovered("runtime");
                     let outcome = match text {
-                        Some(t) => self.write_accepted(&t).await,
+                        Some(t) => self.write_accepted(t).await,
                         None => {
                             self.file_due.get_or_insert(Instant::now() + FILE_COALESCE);
                             Outcome::Installed
@@ -310,7 +310,7 @@ impl Driver {
             Some(t) => t,
             None => self.text(desired),
         };
-        let outcome = match self.s.writer.install(&text).await {
+        let outcome = match self.s.writer.install(text).await {
             Ok(o) => o,
             Err(e) => return self.not_installed(desired, e, report),
         };
@@ -457,7 +457,7 @@ impl Driver {
         self.renderer.render(desired, &scope)
     }
 
-    async fn write_accepted(&mut self, text: &str) -> Outcome {
+    async fn write_accepted(&mut self, text: String) -> Outcome {
         match self.s.writer.install_accepted(text).await {
             Ok(_) => {
                 self.file_due = None;
@@ -486,7 +486,7 @@ impl Driver {
         };
         let text = self.text(&applied);
         self.applied = Some(applied);
-        Some(self.write_accepted(&text).await)
+        Some(self.write_accepted(text).await)
     }
 
     /// The check refused `desired` (checked again after a backoff, or at once when it

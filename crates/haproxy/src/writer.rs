@@ -43,19 +43,35 @@ impl Writer {
         sibling(&self.path, ".rejected")
     }
 
-    /// Whether the file on disk holds exactly `config`.
+    /// Whether the file on disk holds exactly `config`: a file of another length is not read,
+    /// and one of the same length only up to its first difference, a block at a time.
     pub fn is_current(&self, config: &str) -> bool {
-        std::fs::read(&self.path).is_ok_and(|b| b == config.as_bytes())
+        use std::io::Read;
+        let Ok(mut f) = std::fs::File::open(&self.path) else { return false };
+        if f.metadata().map_or(true, |m| m.len() != config.len() as u64) {
+            return false;
+        }
+        let mut want = config.as_bytes();
+        let mut block = vec![0; COMPARE_BLOCK.min(want.len().max(1))];
+        loop {
+            match f.read(&mut block) {
+                Ok(0) => return want.is_empty(),
+                Ok(n) if n <= want.len() && block[..n] == want[..n] => want = &want[n..],
+                Ok(_) => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
     }
 
-    pub async fn install(&self, config: &str) -> Result<InstallOutcome, Error> {
+    pub async fn install(&self, config: String) -> Result<InstallOutcome, Error> {
         self.install_checked(config, true).await
     }
 
     /// Install a config whose only difference from the one in force is servers that HAProxy's
     /// runtime API has just accepted: HAProxy itself validated them, so `haproxy -c` is skipped.
     /// (An operator's `check_command` ran before the runtime change: [`Writer::gate`].)
-    pub async fn install_accepted(&self, config: &str) -> Result<InstallOutcome, Error> {
+    pub async fn install_accepted(&self, config: String) -> Result<InstallOutcome, Error> {
         self.install_checked(config, false).await
     }
 
@@ -87,8 +103,9 @@ impl Writer {
         }
     }
 
-    async fn install_checked(&self, config: &str, check: bool) -> Result<InstallOutcome, Error> {
-        if self.is_current(config) {
+    /// `config` is moved to the blocking writes and back rather than copied (it can be megabytes).
+    async fn install_checked(&self, mut config: String, check: bool) -> Result<InstallOutcome, Error> {
+        if self.is_current(&config) {
             return Ok(InstallOutcome::Unchanged);
         }
         if !self.do_writes {
@@ -96,8 +113,12 @@ impl Writer {
         }
         if check && self.do_checks {
             let candidate = self.candidate_path();
-            let (c, bytes) = (candidate.clone(), config.as_bytes().to_vec());
-            blocking(move || std::fs::write(&c, bytes).map_err(|source| Error::Io { action: "writing", path: c.clone(), source })).await?;
+            let c = candidate.clone();
+            config = blocking(move || match std::fs::write(&c, config.as_bytes()) {
+                Ok(()) => Ok(config),
+                Err(source) => Err(Error::Io { action: "writing", path: c.clone(), source }),
+            })
+            .await?;
             if let Err(e) = self.check(&candidate).await {
                 let rejected = self.rejected_path();
                 let _ = std::fs::rename(&candidate, &rejected);
@@ -108,8 +129,8 @@ impl Writer {
             }
             let _ = std::fs::remove_file(&candidate);
         }
-        let (target, bytes) = (self.path.clone(), config.as_bytes().to_vec());
-        blocking(move || write_atomic(&target, &bytes)).await?;
+        let target = self.path.clone();
+        blocking(move || write_atomic(&target, config.as_bytes())).await?;
         Ok(InstallOutcome::Installed)
     }
 
@@ -145,6 +166,9 @@ fn reason(output: &str) -> String {
         .collect();
     kept.join("\n")
 }
+
+/// How much of haproxy.cfg [`Writer::is_current`] reads at a time.
+const COMPARE_BLOCK: usize = 64 * 1024;
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -182,6 +206,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn is_current_compares_every_byte_without_reading_a_file_of_another_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(dir.path(), "true");
+        assert!(!w.is_current("x"), "no file");
+        // Several compare blocks, differing only in the last byte or in the length.
+        let big: String = (0..COMPARE_BLOCK * 3 + 7).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        std::fs::write(&w.path, &big).unwrap();
+        assert!(w.is_current(&big));
+        let mut last = big.clone();
+        last.pop();
+        assert!(!w.is_current(&format!("{last}#")));
+        assert!(!w.is_current(&last));
+        assert!(!w.is_current(&format!("{big}a")));
+        std::fs::write(&w.path, "").unwrap();
+        assert!(w.is_current(""));
+        assert!(!w.is_current("a"));
+    }
+
     #[tokio::test]
     async fn installs_only_changes_and_keeps_rejects_aside() {
         let dir = tempfile::tempdir().unwrap();
@@ -189,11 +232,11 @@ mod tests {
         // any candidate with "bad" in it.
         let target = dir.path().join("haproxy.cfg");
         let w = writer(dir.path(), &format!("test -f \"$MYELIN_CANDIDATE\" && ! grep -q bad {t}", t = target.display()));
-        assert_eq!(w.install("good 1\n").await.unwrap(), InstallOutcome::Installed);
+        assert_eq!(w.install("good 1\n".into()).await.unwrap(), InstallOutcome::Installed);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "good 1\n");
-        assert_eq!(w.install("good 1\n").await.unwrap(), InstallOutcome::Unchanged);
+        assert_eq!(w.install("good 1\n".into()).await.unwrap(), InstallOutcome::Unchanged);
 
-        let e = w.install("bad\n").await.unwrap_err();
+        let e = w.install("bad\n".into()).await.unwrap_err();
         assert!(matches!(e, Error::Rejected { .. }), "{e}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "good 1\n");
         assert_eq!(std::fs::read_to_string(w.rejected_path()).unwrap(), "bad\n");
@@ -204,8 +247,8 @@ mod tests {
     async fn accepted_changes_skip_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(dir.path(), "exit 1");
-        assert!(w.install("x\n").await.is_err());
-        assert_eq!(w.install_accepted("x\n").await.unwrap(), InstallOutcome::Installed);
+        assert!(w.install("x\n".into()).await.is_err());
+        assert_eq!(w.install_accepted("x\n".into()).await.unwrap(), InstallOutcome::Installed);
         assert_eq!(std::fs::read_to_string(&w.path).unwrap(), "x\n");
     }
 
@@ -218,7 +261,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let w = Writer { check_command: None, ..writer(dir.path(), "") };
-        let e = w.install("global\n    no-such-keyword-here\n").await.unwrap_err();
+        let e = w.install("global\n    no-such-keyword-here\n".into()).await.unwrap_err();
         let Error::Rejected { output, .. } = &e else { panic!("{e}") };
         let first = output.lines().next().unwrap_or("");
         assert!(first.contains("unknown keyword 'no-such-keyword-here'"), "{output}");
@@ -235,7 +278,7 @@ mod tests {
     async fn do_writes_off_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let w = Writer { do_writes: false, ..writer(dir.path(), "true") };
-        assert_eq!(w.install("x\n").await.unwrap(), InstallOutcome::NotWritten);
+        assert_eq!(w.install("x\n".into()).await.unwrap(), InstallOutcome::NotWritten);
         assert!(!w.path.exists());
     }
 }

@@ -59,6 +59,8 @@ struct Track {
     last_apply: Option<Outcome>,
     rejected: u64,
     reconnects: u64,
+    /// Its servers in the desired state last applied (counted in `Observer::servers`).
+    servers: usize,
     /// The published status, rebuilt only when something above changed (`stale`).
     status: Option<Arc<ServiceStatus>>,
     stale: bool,
@@ -96,6 +98,7 @@ impl Track {
             last_apply: None,
             rejected: 0,
             reconnects: 0,
+            servers: 0,
             status: None,
             stale: true,
         }
@@ -120,6 +123,9 @@ pub struct Observer {
     runtime_api: Option<Outcome>,
     /// Services whose last apply failed: they show the next outcome whatever it touches.
     failed: std::collections::BTreeSet<ServiceName>,
+    /// Servers in the desired state last applied, over every service (kept up to date service
+    /// by service, for systemd's status line).
+    servers: usize,
     started_at: String,
     /// The first discovery change not yet carried by an installed haproxy.cfg.
     first_change: Option<Instant>,
@@ -164,6 +170,7 @@ impl Observer {
             last_reload: None,
             runtime_api: None,
             failed: Default::default(),
+            servers: 0,
             started_at: timestamp(SystemTime::now()),
             first_change: None,
             notifier: Notifier::from_env(),
@@ -198,9 +205,10 @@ impl Observer {
     /// A configuration is in force (at start, or after a SIGHUP): follow its services; those in
     /// `restarted` got a new watcher.
     pub fn configure(&mut self, loaded: &Loaded, restarted: &[ServiceName]) {
-        self.services.retain(|name, _| {
+        self.services.retain(|name, t| {
             let keep = loaded.services.contains_key(name);
             if !keep {
+                self.servers -= t.servers;
                 self.metrics.service_removed(name.as_str());
                 self.dirty.insert(name.clone());
             }
@@ -303,6 +311,7 @@ impl Observer {
         if let Some(result) = &report.reload {
             self.reloaded(result.clone());
         }
+        self.count_servers(desired, scope);
         let Some(outcome) = &report.outcome else { return };
         let o = Outcome::now(word(outcome), error_of(outcome));
         self.metrics.apply(word(outcome));
@@ -360,12 +369,33 @@ impl Observer {
             self.notifier.send(&[NotifyState::Ready]);
         }
         self.publish();
-        let servers = desired.server_count();
+        let servers = self.servers;
+        // The count is kept service by service; debug builds (every test) check it whole.
+        debug_assert_eq!(servers, desired.server_count(), "the observer's server count drifted");
         let status = match error_of(outcome).or_else(|| report.reload.clone().and_then(Result::err)) {
             None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), word(outcome)),
             Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), word(outcome), first_line(&e)),
         };
         self.notifier.send(&[NotifyState::Status(&status)]);
+    }
+
+    /// Follow the desired state's server count through what `scope` changed in it.
+    fn count_servers(&mut self, desired: &DesiredState, scope: &Scope) {
+        let mut count = |name: &ServiceName, t: &mut Track| {
+            let now = desired.services.get(name).map_or(0, |s| s.servers.len());
+            self.servers = self.servers - t.servers + now;
+            t.servers = now;
+        };
+        match scope {
+            Scope::All => self.services.iter_mut().for_each(|(name, t)| count(name, t)),
+            Scope::Services(names) => {
+                for name in names {
+                    if let Some(t) = self.services.get_mut(name) {
+                        count(name, t);
+                    }
+                }
+            }
+        }
     }
 
     /// What a driver report says of HAProxy's runtime API: shown when that changes (failing,
