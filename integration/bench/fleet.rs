@@ -6,11 +6,14 @@
 //! - routed: from `docker run` returning on host A to the first response from the new
 //!   container through host B's HAProxy;
 //! - withdrawn: from `docker stop` being started on A to the container's server no longer
-//!   taking connections in B's HAProxy (`show servers state`: draining or gone).
+//!   taking connections in B's HAProxy (`show servers state`: draining or gone), split at the
+//!   `kill` event A's engine gives (its own time stamp, from `docker events`): how long Docker
+//!   takes to signal the container and say so, and how long myelin, etcd and myelin take from
+//!   there.
 //!
 //! Traffic goes to 127.0.0.1 only; every wait is bounded.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use myelin_integration::bench::{poll, summary};
@@ -28,6 +31,7 @@ fn main() -> Result<()> {
     }
     let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
     let (mut routed, mut ready_to_routed, mut withdrawn) = (vec![], vec![], vec![]);
+    let (mut stop_to_kill, mut kill_to_out) = (vec![], vec![]);
     for round in 0..rounds {
         let direct = free_port();
         let c = fleet.a.engine.run(&fleet.label, &format!("127.0.0.1:{direct}:8000"), &[])?;
@@ -45,7 +49,7 @@ fn main() -> Result<()> {
         ready_to_routed.push(at.saturating_duration_since(ready));
 
         let (engine, id, port) = (c.engine, c.id.clone(), c.port);
-        let t0 = Instant::now();
+        let (t0, t0_wall) = (Instant::now(), SystemTime::now());
         if std::env::var_os("BENCH_LOG").is_some() {
             let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             eprintln!("bench: round {round} docker stop started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
@@ -55,6 +59,10 @@ fn main() -> Result<()> {
             poll(Duration::from_secs(10), || !fleet.b.routed().contains(&port)).with_context(|| format!("round {round}: never withdrawn from B:\n{}", fleet.logs()))?;
         withdrawn.push(out - t0);
         stopper.join().unwrap()?;
+        let kill = kill_event(engine, &c.id, t0_wall).with_context(|| format!("round {round}: A's engine gave no kill event"))?;
+        let kill = kill.duration_since(t0_wall).unwrap_or_default();
+        stop_to_kill.push(kill);
+        kill_to_out.push((out - t0).saturating_sub(kill));
         drop(c);
         eprintln!("round {:2}: routed by B {:?} after run, out of B's rotation {:?} after stop", round + 1, at - ran, out - t0);
     }
@@ -65,5 +73,17 @@ fn main() -> Result<()> {
     summary("docker run on A -> routed by B", routed);
     summary("A's port answering directly -> routed by B", ready_to_routed);
     summary("docker stop on A -> out of B's rotation", withdrawn);
+    summary("  of it: docker stop -> A's kill event", stop_to_kill);
+    summary("  of it: A's kill event -> out of B", kill_to_out);
     Ok(())
+}
+
+/// When A's engine says it signalled container `id` (its `kill` event) after `since`.
+fn kill_event(engine: &myelin_integration::fleet::HostEngine, id: &str, since: SystemTime) -> Result<SystemTime> {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (from, to) = (secs(since).saturating_sub(1).to_string(), (secs(SystemTime::now()) + 1).to_string());
+    let filter = format!("container={id}");
+    let out = engine.docker(&["events", "--since", &from, "--until", &to, "--filter", &filter, "--filter", "event=kill", "--format", "{{.TimeNano}}"])?;
+    let nanos: u64 = out.lines().next().and_then(|l| l.trim().parse().ok()).with_context(|| format!("no kill event in {out:?}"))?;
+    Ok(UNIX_EPOCH + Duration::from_nanos(nanos))
 }

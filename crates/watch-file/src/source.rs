@@ -323,14 +323,29 @@ mod tests {
         assert_eq!(ports(next(&mut s).await), Vec::<String>::new());
     }
 
-    #[tokio::test]
-    async fn reading_its_own_file_does_not_wake_a_source() {
+    /// A source of `backends.yaml` (port 1) that has read it once, and a count of its opens
+    /// (the directory and the counting watcher live as long as this).
+    struct Counted {
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        _watcher: notify::RecommendedWatcher,
+        opens: Arc<AtomicUsize>,
+        s: UpdateStream,
+    }
+
+    async fn counted() -> Counted {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backends.yaml");
         std::fs::write(&path, entries(&[1])).unwrap();
-        let (_w, opens) = count_opens(dir.path(), path.clone());
+        let (_watcher, opens) = count_opens(dir.path(), path.clone());
         let mut s = file_source(path.clone(), QUIET);
         assert_eq!(ports(next(&mut s).await), ["1"]);
+        Counted { dir, path, _watcher, opens, s }
+    }
+
+    #[tokio::test]
+    async fn reading_its_own_file_does_not_wake_a_source() {
+        let Counted { dir: _dir, _watcher, opens, mut s, .. } = counted().await;
         // Before: each read raised an event that caused the next read, ~40 a second.
         silent(&mut s, Duration::from_millis(1000)).await;
         assert_eq!(opens.load(Ordering::SeqCst), 1, "the file was read again while nothing changed");
@@ -339,12 +354,7 @@ mod tests {
     /// A file replaced by a rename is read once, not again after a quiet period.
     #[tokio::test]
     async fn a_rename_into_place_is_read_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("backends.yaml");
-        std::fs::write(&path, entries(&[1])).unwrap();
-        let (_w, opens) = count_opens(dir.path(), path.clone());
-        let mut s = file_source(path.clone(), QUIET);
-        assert_eq!(ports(next(&mut s).await), ["1"]);
+        let Counted { dir, path, _watcher, opens, mut s } = counted().await;
         for (round, port) in (2..7).enumerate() {
             let tmp = dir.path().join("backends.tmp");
             std::fs::write(&tmp, entries(&[port])).unwrap();
