@@ -355,3 +355,24 @@ pub fn stop_under_load(a: &Host, b: &Host, container: &Container) -> (Duration, 
 pub fn until(timeout: Duration, f: impl FnMut() -> bool) -> bool {
     wait_for(timeout, f).is_some()
 }
+
+/// Both hosts' myelin logs, for assertion messages.
+pub fn logs(a: &Host, b: &Host) -> String {
+    format!("--- A:\n{}\n--- B:\n{}", a.log(), b.log())
+}
+
+/// Hosts A and B discovering `web` through `discovery` (A announcing through `to_a` when given,
+/// else, as B does, through its discovery's registry), one container labelled `label` on each;
+/// returns once both hosts route both containers and A's answers through B's frontend:
+/// (A, B, A's container, B's container).
+pub fn pair_routing_each_other(discovery: &str, to_a: Option<&str>, label: &str) -> (Host, Host, Container, Container) {
+    let bound = Duration::from_secs(5);
+    let a = Host::start_with("host-a", HostEngine::a().unwrap(), discovery, to_a, label).unwrap();
+    let b = Host::start_with("host-b", HostEngine::b().unwrap(), discovery, None, label).unwrap();
+    let on_b = b.engine.run(label, "127.0.0.1::8000", &[]).unwrap();
+    let on_a = a.engine.run(label, "127.0.0.1::8000", &[]).unwrap();
+    let both: BTreeSet<u16> = [on_a.port, on_b.port].into();
+    assert!(until(bound, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
+    assert!(until(bound, || crate::get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
+    (a, b, on_a, on_b)
+}

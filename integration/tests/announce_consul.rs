@@ -225,8 +225,7 @@ mod e2e {
     use std::time::{Duration, Instant};
 
     use myelin_integration::consul::Consul;
-    use myelin_integration::fleet::{stop_under_load, until, Host, HostEngine};
-    use myelin_integration::get;
+    use myelin_integration::fleet::{logs, pair_routing_each_other, stop_under_load, until};
 
     const BOUND: Duration = Duration::from_secs(5);
     /// Host A's check TTL (seconds): the bound after which B drops a killed A's instances.
@@ -243,15 +242,7 @@ mod e2e {
         let label = format!("consul-e2e-{}", std::process::id());
         // A announces with an explicit `to` (a short TTL); B with the default (its discovery's).
         let to_a = format!("method: consul\naddress: '{}'\nttl: {TTL}\n", c.address());
-        let mut a = Host::start_with("host-a", HostEngine::a().unwrap(), &discovery, Some(&to_a), &label).unwrap();
-        let b = Host::start_with("host-b", HostEngine::b().unwrap(), &discovery, None, &label).unwrap();
-        let logs = |a: &Host, b: &Host| format!("--- A:\n{}\n--- B:\n{}", a.log(), b.log());
-
-        let on_b = b.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
-        let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
-        let both: BTreeSet<u16> = [on_a.port, on_b.port].into();
-        assert!(until(BOUND, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
-        assert!(until(BOUND, || get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
+        let (mut a, b, on_a, on_b) = pair_routing_each_other(&discovery, Some(&to_a), &label);
         let id_a = format!("host-a_{}_8000", on_a.name().unwrap());
         let reg = c.agent_service(&id_a).unwrap();
         assert_eq!((reg["Meta"]["myelin_owner"].as_str(), reg["Port"].as_u64(), reg["Address"].as_str()), (Some("host-a"), Some(u64::from(on_a.port)), Some("127.0.0.1")), "{reg}");

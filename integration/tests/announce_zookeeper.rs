@@ -206,9 +206,8 @@ mod e2e {
     use std::collections::BTreeSet;
     use std::time::{Duration, Instant};
 
-    use myelin_integration::fleet::{stop_under_load, until, Host, HostEngine};
+    use myelin_integration::fleet::{logs, pair_routing_each_other, stop_under_load, until};
     use myelin_integration::zookeeper::PrivateZk;
-    use myelin_integration::get;
 
     const BOUND: Duration = Duration::from_secs(5);
     /// Host A's session timeout (seconds): the bound after which B drops a killed A's instances.
@@ -221,15 +220,7 @@ mod e2e {
         let discovery = format!("method: zookeeper\nhosts: ['{}']\npath: {path}\n", zk.address());
         let label = format!("zk-e2e-{}", std::process::id());
         let to_a = format!("method: zookeeper\nhosts: ['{}']\npath: {path}\nsession_timeout: {SESSION}\n", zk.address());
-        let mut a = Host::start_with("host-a", HostEngine::a().unwrap(), &discovery, Some(&to_a), &label).unwrap();
-        let b = Host::start_with("host-b", HostEngine::b().unwrap(), &discovery, None, &label).unwrap();
-        let logs = |a: &Host, b: &Host| format!("--- A:\n{}\n--- B:\n{}", a.log(), b.log());
-
-        let on_b = b.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
-        let on_a = a.engine.run(&label, "127.0.0.1::8000", &[]).unwrap();
-        let both: BTreeSet<u16> = [on_a.port, on_b.port].into();
-        assert!(until(BOUND, || a.routed() == both && b.routed() == both), "a {:?} b {:?}\n{}", a.routed(), b.routed(), logs(&a, &b));
-        assert!(until(BOUND, || get(b.port(), "/").is_ok_and(|(s, body)| s == 200 && body.trim() == on_a.id)), "{}", logs(&a, &b));
+        let (mut a, b, on_a, on_b) = pair_routing_each_other(&discovery, Some(&to_a), &label);
         let st = a.status();
         assert!(st.to_string().contains(&format!("host-a_{}_8000", on_a.name().unwrap())), "A's /status does not show what it announces: {st}");
 

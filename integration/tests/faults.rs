@@ -144,6 +144,17 @@ impl Setup {
         s
     }
 
+    /// `web` from the backends file (holding `first`) with the runtime API on, HAProxy and
+    /// myelin started, and time given for the first apply to land.
+    fn runtime_web(env: Env, first: &[&Backend]) -> Self {
+        env.write_backends(&entries(first));
+        let (services, extra) = (web_service(&env), runtime_lines(&env));
+        let hcfg = env.haproxy_cfg();
+        let s = Self::start(env, None, hcfg, &services, &extra);
+        std::thread::sleep(Duration::from_millis(1500));
+        s
+    }
+
     fn status(&self) -> serde_json::Value {
         get(self.admin, "/status").ok().and_then(|(_, b)| serde_json::from_str(&b).ok()).unwrap_or_default()
     }
@@ -362,13 +373,8 @@ fn a_full_disk_then_freed() {
 /// changes go through the runtime API again, without reloads.
 #[test]
 fn the_stats_socket_gone_then_back() {
-    let env = Env::new();
     let (b1, b2, b3) = (Backend::start("b1"), Backend::start("b2"), Backend::start("b3"));
-    env.write_backends(&entries(&[&b1]));
-    let (services, extra) = (web_service(&env), runtime_lines(&env));
-    let hcfg = env.haproxy_cfg();
-    let mut s = Setup::start(env, None, hcfg, &services, &extra);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut s = Setup::runtime_web(Env::new(), &[&b1]);
 
     std::fs::remove_file(s.env.path("haproxy.sock")).unwrap();
     // Several drift checks (verify_interval: 1) fail meanwhile.
@@ -406,13 +412,8 @@ fn the_stats_socket_gone_then_back() {
 /// HAProxy through reloads, `/status` says why, and the log says it once.
 #[test]
 fn a_stats_socket_that_never_answers() {
-    let env = Env::new();
     let (b1, b2, b3) = (Backend::start("b1"), Backend::start("b2"), Backend::start("b3"));
-    env.write_backends(&entries(&[&b1]));
-    let (services, extra) = (web_service(&env), runtime_lines(&env));
-    let hcfg = env.haproxy_cfg();
-    let mut s = Setup::start(env, None, hcfg, &services, &extra);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut s = Setup::runtime_web(Env::new(), &[&b1]);
 
     let sock = s.env.path("haproxy.sock");
     std::fs::remove_file(&sock).unwrap();
@@ -470,13 +471,8 @@ fn haproxy_pids(env: &Env) -> Vec<u32> {
 /// does not start HAProxy, its service manager does).
 #[test]
 fn haproxy_killed_then_started_again() {
-    let env = Env::new();
     let (b1, b2, b3) = (Backend::start("b1"), Backend::start("b2"), Backend::start("b3"));
-    env.write_backends(&entries(&[&b1]));
-    let (services, extra) = (web_service(&env), runtime_lines(&env));
-    let hcfg = env.haproxy_cfg();
-    let mut s = Setup::start(env, None, hcfg, &services, &extra);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut s = Setup::runtime_web(Env::new(), &[&b1]);
 
     let pids = haproxy_pids(&s.env);
     assert!(pids.len() >= 2, "{pids:?}");
