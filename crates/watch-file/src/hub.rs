@@ -211,13 +211,11 @@ impl Subscription {
         self.wake.settled.swap(false, Ordering::AcqRel)
     }
 
-    /// Care about `want` from now on (and no longer about the rest). Says whether every
-    /// directory in `want` is watched now (not when one vanished before it could be watched:
-    /// the caller looks at the path again), and whether it already was, for these same names,
-    /// before this call.
-    pub fn set(&mut self, want: &Interests) -> Result<Settled, WatchError> {
+    /// Care about `want` from now on (and no longer about the rest). Returns whether every
+    /// directory in `want` is watched now: `false` when one vanished before it could be
+    /// watched (the caller looks at the path again).
+    pub fn set(&mut self, want: &Interests) -> Result<bool, WatchError> {
         let hub = self.hub;
-        let mut already = *want == self.current;
         let mut watcher = lock(&hub.watcher);
         for dir in self.current.keys().filter(|d| !want.contains_key(*d)) {
             leave(hub, &mut watcher, dir, self.id);
@@ -233,7 +231,6 @@ impl Subscription {
             if !needs_watch {
                 continue;
             }
-            already = false;
             let w = match watcher.as_mut() {
                 Some(w) => w,
                 None => {
@@ -258,27 +255,9 @@ impl Subscription {
                 }
             }
         }
-        if !already {
-            self.current = want.clone();
-        }
-        Ok(match (complete, already) {
-            (false, _) => Settled::Incomplete,
-            (true, false) => Settled::Placed,
-            (true, true) => Settled::Already,
-        })
+        self.current = want.clone();
+        Ok(complete)
     }
-}
-
-/// What [`Subscription::set`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
-    /// Everything asked for was watched already, for the same names: events since before
-    /// the call reached the subscription.
-    Already,
-    /// Everything asked for is watched now; some of it only from this call on.
-    Placed,
-    /// A directory vanished before it could be watched.
-    Incomplete,
 }
 
 /// `id` no longer cares about `dir`; unwatch it if nobody does.

@@ -31,7 +31,7 @@ use std::time::Duration;
 use futures::stream;
 use myelin_source::{Cause, SourceError, Update, UpdateStream};
 
-use crate::hub::{hub, Settled, Subscription, WatchError};
+use crate::hub::{hub, Subscription, WatchError};
 use crate::MAX_FILE_BYTES;
 use crate::parse::parse_backends;
 use crate::resolve::{resolve, Seen};
@@ -71,8 +71,11 @@ struct State {
     /// The bytes last read; `None` before the first read and while the file cannot be seen
     /// (so the file coming back is always announced with a `Reset`).
     last: Option<Vec<u8>>,
-    /// The file is known to be missing (already reported).
-    blind: bool,
+    /// What is known to be missing (the file, or a directory on its path). Reported when the
+    /// source goes blind, and again only when a directory above it goes too (`rm -r` deletes
+    /// the file first, then its directory: the report ends on the directory, whenever the
+    /// source happened to look in between).
+    blind: Option<PathBuf>,
     /// The file is known to be larger than [`MAX_FILE_BYTES`] (already reported).
     too_large: bool,
     queue: VecDeque<Result<Update, SourceError>>,
@@ -82,17 +85,13 @@ struct State {
 
 impl State {
     /// Walk the path and bring the watches in line with it, until the two agree (a change in
-    /// between is caught by walking again after the watches are placed; a walk made while
-    /// every watch it needs was in place already is final: a change during it has woken us).
+    /// between is caught by walking again after the watches are placed).
     fn look(&mut self) -> Result<Seen, SourceError> {
         let mut r = resolve(&self.path);
         for _ in 0..SETTLE_TRIES {
-            let settled = self.sub.set(&r.interests).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
-            if settled == Settled::Already {
-                return r.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
-            }
+            let complete = self.sub.set(&r.interests).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
             let again = resolve(&self.path);
-            if settled == Settled::Placed && again.interests == r.interests {
+            if complete && again.interests == r.interests {
                 return again.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
             }
             r = again;
@@ -103,8 +102,9 @@ impl State {
     fn missing(&mut self, what: &Path) {
         self.last = None;
         self.too_large = false;
-        if !self.blind {
-            self.blind = true;
+        let report = self.blind.as_deref().is_none_or(|before| before != what && before.starts_with(what));
+        self.blind = Some(what.to_path_buf());
+        if report {
             let what = if what == self.path { "does not exist".to_owned() } else { format!("does not exist ({} is missing)", what.display()) };
             self.queue.push_back(Err(SourceError::failed(self.origin.clone(), format!("{what}; waiting for it"))));
         }
@@ -123,7 +123,7 @@ impl State {
         };
         match (self.read)(&file) {
             Ok(bytes) if bytes.len() as u64 > MAX_FILE_BYTES => {
-                self.blind = false;
+                self.blind = None;
                 // Read whole later (after it shrank), it is announced with a `Reset`.
                 self.last = None;
                 if !self.too_large {
@@ -133,7 +133,7 @@ impl State {
                 }
             }
             Ok(bytes) => {
-                self.blind = false;
+                self.blind = None;
                 self.too_large = false;
                 if self.last.as_ref() != Some(&bytes) {
                     self.queue.extend(updates_of(&self.origin, &bytes));
@@ -186,7 +186,7 @@ pub fn file_source(path: PathBuf, quiet: Duration) -> UpdateStream {
 
 pub(crate) fn file_source_with(path: PathBuf, quiet: Duration, read: Reader) -> UpdateStream {
     let origin = path.display().to_string();
-    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, blind: false, too_large: false, queue: VecDeque::new(), end: false };
+    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, blind: None, too_large: false, queue: VecDeque::new(), end: false };
     Box::pin(stream::unfold((state, true), |(mut st, first)| async move {
         if first {
             st.refresh();
@@ -427,6 +427,27 @@ mod tests {
         assert_eq!(ports(next(&mut s).await), ["6"]);
     }
 
+    /// Blind twice over: the file deleted (said), then its directory (said too, the more
+    /// fundamental loss); the directory back without the file says nothing more.
+    #[tokio::test]
+    async fn a_directory_lost_after_its_file_is_said_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sub = tmp.path().join("conf");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("backends.yaml");
+        std::fs::write(&path, entries(&[1])).unwrap();
+        let mut s = file_source(path.clone(), QUIET);
+        assert_eq!(ports(next(&mut s).await), ["1"]);
+        std::fs::remove_file(&path).unwrap();
+        err_with(next(&mut s).await, "backends.yaml: does not exist; waiting for it");
+        std::fs::remove_dir(&sub).unwrap();
+        err_with(next(&mut s).await, &format!("does not exist ({} is missing); waiting for it", sub.display()));
+        std::fs::create_dir(&sub).unwrap();
+        silent(&mut s, Duration::from_millis(200)).await;
+        std::fs::write(&path, entries(&[2])).unwrap();
+        assert_eq!(ports(next(&mut s).await), ["2"]);
+    }
+
     #[tokio::test]
     async fn recovers_when_its_directory_is_removed_and_created_again() {
         let tmp = tempfile::tempdir().unwrap();
@@ -438,7 +459,12 @@ mod tests {
         assert_eq!(ports(next(&mut s).await), ["1"]);
 
         std::fs::remove_dir_all(&sub).unwrap();
-        err_with(next(&mut s).await, &format!("does not exist ({} is missing); waiting for it", sub.display()));
+        // The file goes first: a look in between sees only it missing, then the directory.
+        let mut gone = next(&mut s).await;
+        if gone.as_ref().is_err_and(|e| !e.report().contains("is missing")) {
+            gone = next(&mut s).await;
+        }
+        err_with(gone, &format!("does not exist ({} is missing); waiting for it", sub.display()));
         std::fs::create_dir(&sub).unwrap();
         silent(&mut s, Duration::from_millis(200)).await;
         std::fs::write(&path, entries(&[2])).unwrap();
