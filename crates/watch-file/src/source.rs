@@ -427,10 +427,9 @@ mod tests {
         assert_eq!(ports(next(&mut s).await), ["6"]);
     }
 
-    /// Blind twice over: the file deleted (said), then its directory (said too, the more
-    /// fundamental loss); the directory back without the file says nothing more.
-    #[tokio::test]
-    async fn a_directory_lost_after_its_file_is_said_too() {
+    /// A source of `<tmp>/conf/backends.yaml` (port 1) that has read it once:
+    /// (tmp, conf, the file, the stream).
+    async fn in_subdirectory() -> (tempfile::TempDir, PathBuf, PathBuf, UpdateStream) {
         let tmp = tempfile::tempdir().unwrap();
         let sub = tmp.path().join("conf");
         std::fs::create_dir(&sub).unwrap();
@@ -438,6 +437,14 @@ mod tests {
         std::fs::write(&path, entries(&[1])).unwrap();
         let mut s = file_source(path.clone(), QUIET);
         assert_eq!(ports(next(&mut s).await), ["1"]);
+        (tmp, sub, path, s)
+    }
+
+    /// Blind twice over: the file deleted (said), then its directory (said too, the more
+    /// fundamental loss); the directory back without the file says nothing more.
+    #[tokio::test]
+    async fn a_directory_lost_after_its_file_is_said_too() {
+        let (_tmp, sub, path, mut s) = in_subdirectory().await;
         std::fs::remove_file(&path).unwrap();
         err_with(next(&mut s).await, "backends.yaml: does not exist; waiting for it");
         std::fs::remove_dir(&sub).unwrap();
@@ -450,13 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn recovers_when_its_directory_is_removed_and_created_again() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sub = tmp.path().join("conf");
-        std::fs::create_dir(&sub).unwrap();
-        let path = sub.join("backends.yaml");
-        std::fs::write(&path, entries(&[1])).unwrap();
-        let mut s = file_source(path.clone(), QUIET);
-        assert_eq!(ports(next(&mut s).await), ["1"]);
+        let (tmp, sub, path, mut s) = in_subdirectory().await;
 
         std::fs::remove_dir_all(&sub).unwrap();
         // The file goes first: a look in between sees only it missing, then the directory.
