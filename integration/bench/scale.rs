@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-const CHANGES: usize = 90;
+const CHANGES: usize = 180;
 const BURST: usize = 10_000;
 const FILE_SERVERS: usize = 20;
 
