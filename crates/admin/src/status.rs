@@ -135,8 +135,9 @@ pub struct ServiceStatus {
     pub watcher: WatcherState,
     /// Synced at least once since it was (re)started.
     pub synced: bool,
-    /// What HAProxy is asked to route to (after `default_servers` and port overrides).
-    pub backends: std::sync::Arc<Vec<BackendStatus>>,
+    /// What HAProxy is asked to route to (after `default_servers` and port overrides): shared
+    /// with the desired state, listed when the status is serialized.
+    pub backends: myelin_core::RoutedList,
     /// The last time discovery changed this service's backends.
     pub last_update: Option<String>,
     /// The last problem discovery reported.
@@ -260,7 +261,7 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
             continue;
         }
         let _ = writeln!(out, "\n{name}:");
-        for b in svc.backends.iter() {
+        for b in &svc.backends.to_vec() {
             let w = b.weight.map(|w| format!("  weight {w}")).unwrap_or_default();
             let _ = writeln!(out, "  {}  {}:{}{w}", b.name, b.host, b.port);
         }

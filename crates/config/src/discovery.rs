@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 /// `services.<name>.discovery`. Each kind is read with [`with_path`], so that an error names
 /// the key inside the kind's settings (an internally tagged enum loses it otherwise).
+/// The registry kinds' settings are boxed: a service keeps its `Discovery` for its life, and
+/// the largest kind would make every `static` service's as large.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Discovery {
@@ -24,19 +26,19 @@ pub enum Discovery {
     File(FileConfig),
     /// The containers of one or more Docker engines.
     #[serde(deserialize_with = "with_path")]
-    Docker(DockerConfig),
+    Docker(Box<DockerConfig>),
     /// Nerve or serverset registrations under a ZooKeeper path, followed with child watches.
     #[serde(deserialize_with = "with_path")]
-    Zookeeper(ZookeeperConfig),
+    Zookeeper(Box<ZookeeperConfig>),
     /// The same, listed every `polling_interval_sec` (Synapse's `zookeeper_poll`).
     #[serde(deserialize_with = "with_path")]
-    ZookeeperPoll(ZookeeperPollConfig),
+    ZookeeperPoll(Box<ZookeeperPollConfig>),
     /// Instances registered under a key prefix in etcd (v3 API).
     #[serde(deserialize_with = "with_path")]
-    Etcd(EtcdConfig),
+    Etcd(Box<EtcdConfig>),
     /// The healthy instances of a Consul service (blocking queries).
     #[serde(deserialize_with = "with_path")]
-    Consul(ConsulConfig),
+    Consul(Box<ConsulConfig>),
 }
 
 /// Marks the key path below `discovery` at the front of an error message:
@@ -67,11 +69,11 @@ impl Discovery {
         match self {
             Self::Static(c) => c,
             Self::File(c) => c,
-            Self::Docker(c) => c,
-            Self::Zookeeper(c) => c,
-            Self::ZookeeperPoll(c) => c,
-            Self::Etcd(c) => c,
-            Self::Consul(c) => c,
+            Self::Docker(c) => c.as_ref(),
+            Self::Zookeeper(c) => c.as_ref(),
+            Self::ZookeeperPoll(c) => c.as_ref(),
+            Self::Etcd(c) => c.as_ref(),
+            Self::Consul(c) => c.as_ref(),
         }
     }
 

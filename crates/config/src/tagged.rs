@@ -75,7 +75,7 @@ pub fn tagged_services(t: &ConsulServicesConfig, catalog: &Catalog, configured: 
                     let mut haproxy = t.haproxy.0.clone();
                     haproxy.port = Some(Number(u64::from(p)));
                     let svc = ServiceConfig {
-                        discovery: Discovery::Consul(discovery),
+                        discovery: Discovery::Consul(Box::new(discovery)),
                         haproxy,
                         default_servers: vec![],
                         keep_default_servers: false,

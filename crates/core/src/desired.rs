@@ -147,20 +147,106 @@ pub struct RoutedBackend {
     pub labels: BTreeMap<String, String>,
 }
 
+impl RoutedBackend {
+    fn of(s: &Server, labels: Option<&BTreeMap<String, String>>) -> Self {
+        Self {
+            name: s.name.to_string(),
+            host: s.host.to_string(),
+            port: s.port.get(),
+            weight: s.weight.map(|w| w.get()),
+            labels: labels.cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// The labels of a service's backends that have any, by server name.
+pub type Labels = BTreeMap<ServerName, BTreeMap<String, String>>;
+
+/// A service's routed backends as the status page shows them, without a copy per server: the
+/// desired service itself (shared with the desired state) and the labels of the backends that
+/// have any, listed as [`RoutedBackend`]s when serialized. Read back from JSON (`myelin
+/// status`), it is that list.
+#[derive(Debug, Clone)]
+pub struct RoutedList(Routed);
+
+#[derive(Debug, Clone)]
+enum Routed {
+    Shared { service: Arc<DesiredService>, labels: Option<Arc<Labels>> },
+    Listed(Arc<Vec<RoutedBackend>>),
+}
+
+impl RoutedList {
+    /// `service`'s servers, with the labels of the backends (`known`, from the store) they come
+    /// from.
+    pub fn new(service: Arc<DesiredService>, known: &BTreeMap<ServerName, crate::Backend>) -> Self {
+        let labels: Labels = known.iter().filter(|(_, b)| !b.labels.is_empty()).map(|(n, b)| (n.clone(), b.labels.clone())).collect();
+        Self(Routed::Shared { service, labels: (!labels.is_empty()).then(|| Arc::new(labels)) })
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Routed::Shared { service, .. } => service.servers.len(),
+            Routed::Listed(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The list, in HAProxy's order.
+    pub fn to_vec(&self) -> Vec<RoutedBackend> {
+        match &self.0 {
+            Routed::Shared { service, labels } => listed(service, labels.as_deref()).collect(),
+            Routed::Listed(v) => v.to_vec(),
+        }
+    }
+}
+
+/// A shared list's backends, one at a time.
+fn listed<'a>(service: &'a DesiredService, labels: Option<&'a Labels>) -> impl Iterator<Item = RoutedBackend> + 'a {
+    service.ordered_servers().into_iter().map(move |s| RoutedBackend::of(s, labels.and_then(|l| l.get(&s.name))))
+}
+
+impl Default for RoutedList {
+    fn default() -> Self {
+        Self(Routed::Listed(Arc::default()))
+    }
+}
+
+impl From<Vec<RoutedBackend>> for RoutedList {
+    fn from(v: Vec<RoutedBackend>) -> Self {
+        Self(Routed::Listed(Arc::new(v)))
+    }
+}
+
+impl PartialEq for RoutedList {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_vec() == other.to_vec()
+    }
+}
+
+impl Serialize for RoutedList {
+    /// One backend at a time: the whole list is never built.
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Routed::Shared { service, labels } => ser.collect_seq(listed(service, labels.as_deref())),
+            Routed::Listed(v) => ser.collect_seq(v.iter()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RoutedList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<RoutedBackend>::deserialize(d).map(Self::from)
+    }
+}
+
 impl DesiredService {
     /// Its servers in HAProxy's order, with the labels of the backends (`known`, from the
     /// store) they come from.
     pub fn routed(&self, known: &BTreeMap<ServerName, crate::Backend>) -> Vec<RoutedBackend> {
-        self.ordered_servers()
-            .into_iter()
-            .map(|s| RoutedBackend {
-                name: s.name.to_string(),
-                host: s.host.to_string(),
-                port: s.port.get(),
-                weight: s.weight.map(|w| w.get()),
-                labels: known.get(&s.name).map(|b| b.labels.clone()).unwrap_or_default(),
-            })
-            .collect()
+        self.ordered_servers().into_iter().map(|s| RoutedBackend::of(s, known.get(&s.name).map(|b| &b.labels))).collect()
     }
 
     /// Servers in the order they are written.
@@ -374,6 +460,30 @@ mod tests {
         };
         assert_eq!(order(1), order(1));
         assert_ne!(order(1), order(2));
+    }
+
+    /// The status page's list shares the desired service: it serializes to the list `routed`
+    /// builds (HAProxy's order, labels where the store has them), and reads back as that list.
+    #[test]
+    fn a_routed_list_is_the_routed_backends_without_a_copy() {
+        let (name, spec) = spec(BackendOrder::Desc, vec![], false);
+        let mut store = Store::new([(name.clone(), StoreOptions::default())]);
+        let mut labelled = Discovered::new("127.0.0.2", 2).named("b");
+        labelled.labels.insert("zone".into(), "z1".into());
+        store.apply(&name, "", Update::Reset(vec![Discovered::new("127.0.0.1", 1).named("a").weighted(3), labelled]));
+        let d = DesiredState::build(&spec, &store);
+        let known = store.backends(&name);
+        let list = RoutedList::new(d.services[&name].clone(), &known);
+        let routed = d.services[&name].routed(&known);
+        assert_eq!(routed.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(routed[0].labels["zone"], "z1");
+        assert_eq!((list.len(), list.to_vec()), (2, routed.clone()));
+        let json = serde_json::to_string(&list).unwrap();
+        assert_eq!(json, serde_json::to_string(&routed).unwrap());
+        let back: RoutedList = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, list);
+        assert_eq!(back.to_vec(), routed);
+        assert!(RoutedList::default().is_empty());
     }
 
     #[test]

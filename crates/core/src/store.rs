@@ -51,7 +51,9 @@ pub struct Applied {
 #[derive(Debug, Default)]
 struct Entry {
     options: StoreOptions,
-    partitions: BTreeMap<String, BTreeMap<ServerName, Backend>>,
+    /// Each partition's backends, sorted by partition key: a service has one or a few (one per
+    /// Docker engine), and a `Vec` of one costs a tenth of a `BTreeMap` node.
+    partitions: Vec<(String, BTreeMap<ServerName, Backend>)>,
     /// The last non-empty set, served while discovery reports nothing (`use_previous_backends`).
     previous: BTreeMap<ServerName, Backend>,
     synced: bool,
@@ -61,12 +63,25 @@ impl Entry {
     fn discovered(&self) -> BTreeMap<ServerName, Backend> {
         // Partitions are merged in key order; on a name clash the first partition wins.
         let mut out = BTreeMap::new();
-        for part in self.partitions.values() {
+        for (_, part) in &self.partitions {
             for (k, b) in part {
                 out.entry(k.clone()).or_insert_with(|| b.clone());
             }
         }
         out
+    }
+
+    /// The backends of partition `key`, an empty set added if it has none yet.
+    fn partition(&mut self, key: &str) -> &mut BTreeMap<ServerName, Backend> {
+        let i = match self.partitions.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.partitions.reserve_exact(1);
+                self.partitions.insert(i, (key.to_owned(), BTreeMap::new()));
+                i
+            }
+        };
+        &mut self.partitions[i].1
     }
 
     fn effective(&self) -> BTreeMap<ServerName, Backend> {
@@ -145,16 +160,17 @@ impl Store {
                         set.insert(b.name.clone(), b);
                     }
                 }
-                entry.partitions.insert(partition.to_owned(), set);
+                *entry.partition(partition) = set;
                 entry.synced = true;
             }
             Update::Upsert(d) => {
                 if let Some(b) = check(&d) {
-                    entry.partitions.entry(partition.to_owned()).or_default().insert(b.name.clone(), b);
+                    entry.partition(partition).insert(b.name.clone(), b);
                 }
             }
             Update::Remove(key) => {
-                if let (Some(part), Ok(name)) = (entry.partitions.get_mut(partition), ServerName::parse(&key)) {
+                let part = entry.partitions.iter_mut().find(|(k, _)| k == partition);
+                if let (Some((_, part)), Ok(name)) = (part, ServerName::parse(&key)) {
                     part.remove(&name);
                 }
             }

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use myelin_admin::{
-    timestamp, BackendStatus, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceMap, ServiceStatus, Snapshot, WatcherState,
+    timestamp, ConfigStatus, FileOutputStatus, HaproxyStatus, Metrics, Outcome, ServiceMap, ServiceStatus, Snapshot, WatcherState,
 };
 use myelin_config::Loaded;
-use myelin_core::{Applied, DesiredState, Scope, ServiceName, Store};
+use myelin_core::{Applied, DesiredState, RoutedList, Scope, ServiceName, Store};
 use myelin_haproxy::{Outcome as HaOutcome, Report};
 use myelin_output::FileOutput;
 use myelin_source::SourceError;
@@ -53,7 +53,7 @@ struct Track {
     method: &'static str,
     watcher: WatcherState,
     ever_synced: bool,
-    backends: Arc<Vec<BackendStatus>>,
+    backends: RoutedList,
     last_update: Option<String>,
     last_error: Option<String>,
     last_apply: Option<Outcome>,
@@ -92,7 +92,7 @@ impl Track {
             method: discovery.method(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
             ever_synced: !supported,
-            backends: Arc::default(),
+            backends: RoutedList::default(),
             last_update: None,
             last_error: None,
             last_apply: None,
@@ -319,19 +319,18 @@ impl Observer {
         // Only the services this apply changed (or that still show a failed apply) are
         // touched: the cost follows the change.
         let touched: Vec<ServiceName> = match scope {
-            _ if first => self.services.keys().cloned().collect(),
-            Scope::All => self.services.keys().cloned().collect(),
-            Scope::Services(names) => names.union(&self.failed).cloned().collect(),
+            Scope::Services(names) if !first => names.union(&self.failed).cloned().collect(),
+            Scope::All | Scope::Services(_) => self.services.keys().cloned().collect(),
         };
         let mut routed = BTreeMap::new();
         for name in touched {
             let Some(t) = self.services.get_mut(&name) else { continue };
             let Some(svc) = desired.services.get(&name) else { continue };
-            let list = svc.routed(&store.backends(&name));
+            let known = store.backends(&name);
             if self.file_output.is_some() {
-                routed.insert(name.clone(), list.clone());
+                routed.insert(name.clone(), svc.routed(&known));
             }
-            t.backends = Arc::new(list);
+            t.backends = RoutedList::new(svc.clone(), &known);
             t.stale = true;
             self.dirty.insert(name.clone());
             self.metrics.set_backends(name.as_str(), t.backends.len());
