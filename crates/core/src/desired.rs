@@ -160,7 +160,7 @@ impl RoutedBackend {
 }
 
 /// The labels of a service's backends that have any, by server name.
-pub type Labels = BTreeMap<ServerName, BTreeMap<String, String>>;
+type Labels = BTreeMap<ServerName, BTreeMap<String, String>>;
 
 /// A service's routed backends as the status page shows them, without a copy per server: the
 /// desired service itself (shared with the desired state) and the labels of the backends that

@@ -12,7 +12,7 @@ mod model;
 mod store;
 
 pub use desired::{
-    BackendOrder, BindAddress, DesiredService, DesiredState, FrontendSpec, Labels, RoutedBackend, RoutedList, Scope, Sections, Server, ServiceShape,
+    BackendOrder, BindAddress, DesiredService, DesiredState, FrontendSpec, RoutedBackend, RoutedList, Scope, Sections, Server, ServiceShape,
     ServiceSpec, Spec,
 };
 pub use diff::{diff, diff_scoped, Plan, ServerChange, ServerDiff};

@@ -169,9 +169,9 @@ impl Store {
                 }
             }
             Update::Remove(key) => {
-                let part = entry.partitions.iter_mut().find(|(k, _)| k == partition);
-                if let (Some((_, part)), Ok(name)) = (part, ServerName::parse(&key)) {
-                    part.remove(&name);
+                let part = entry.partitions.binary_search_by(|(k, _)| k.as_str().cmp(partition)).ok();
+                if let (Some(i), Ok(name)) = (part, ServerName::parse(&key)) {
+                    entry.partitions[i].1.remove(&name);
                 }
             }
         }

@@ -30,6 +30,22 @@ pub(crate) async fn ask(socket: &Path, command: &str, timeout: Duration) -> Resu
     })?
 }
 
+/// [`ask`] for the blocking pool: the same exchange on a blocking socket, each step within
+/// `timeout`. For replies as large as the fleet (`show servers state`), so that neither the
+/// reading nor what follows holds the thread that runs the daemon loop.
+pub(crate) fn ask_blocking(socket: &Path, command: &str, timeout: Duration) -> Result<String, Error> {
+    use std::io::{Read as _, Write as _};
+    let io = |source| Error::Socket { socket: socket.to_path_buf(), command: command.to_owned(), source };
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    s.write_all(format!("{command}\n").as_bytes()).map_err(io)?;
+    s.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    let mut out = String::with_capacity(REPLY_ROOM);
+    s.read_to_string(&mut out).map_err(io)?;
+    Ok(out)
+}
+
 /// The end of each reply in the CLI's interactive mode (`prompt`).
 const PROMPT: &[u8] = b"\n> ";
 
@@ -95,5 +111,30 @@ mod tests {
         assert_eq!(split_replies(out), ["", "New server registered.", "", "No such server."]);
         // A reply cut short (the connection closed) is not counted.
         assert_eq!(split_replies(b"\n> New server"), [""]);
+    }
+
+    /// The blocking exchange: the command, the write side closed, then the whole reply (here
+    /// larger than the first read's room); no socket is an error naming it.
+    #[test]
+    fn ask_blocking_sends_the_command_and_reads_the_whole_reply() {
+        use std::io::{Read as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let reply: String = (0..5000).map(|i| format!("1 web {i} s{i} 127.0.0.1 2 0 1 1\n")).collect();
+        let sent = reply.clone();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut command = String::new();
+            c.read_to_string(&mut command).unwrap();
+            c.write_all(sent.as_bytes()).unwrap();
+            command
+        });
+        let got = ask_blocking(&path, "show servers state", Duration::from_secs(5)).unwrap();
+        assert!(got.len() > REPLY_ROOM);
+        assert_eq!(got, reply);
+        assert_eq!(server.join().unwrap(), "show servers state\n");
+        let err = ask_blocking(&dir.path().join("none.sock"), "show servers state", Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("none.sock"), "{err}");
     }
 }

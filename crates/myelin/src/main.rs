@@ -207,7 +207,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            // A task of its own, so that a panic in the loop is an error here, not an abort.
+            // A task of its own, so that a panic in the loop comes back here as an error.
             Command::Run { config } => match tokio::spawn(async move { daemon::run(&config).await }).await {
                 Ok(r) => r,
                 Err(e) => Err(anyhow::anyhow!("the daemon loop stopped: {e}")),
