@@ -37,7 +37,7 @@ fn main() -> Result<()> {
         let c = fleet.a.engine.run(&fleet.label, &format!("127.0.0.1:{direct}:8000"), &[])?;
         let ran = c.started;
         if std::env::var_os("BENCH_LOG").is_some() {
-            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             eprintln!("bench: round {round} docker run returned {:?} ago at unix {}.{:09}", ran.elapsed(), wall.as_secs(), wall.subsec_nanos());
         }
         let id = c.id.clone();
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
         let (engine, id, port) = (c.engine, c.id.clone(), c.port);
         let (t0, t0_wall) = (Instant::now(), SystemTime::now());
         if std::env::var_os("BENCH_LOG").is_some() {
-            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let wall = t0_wall.duration_since(UNIX_EPOCH).unwrap_or_default();
             eprintln!("bench: round {round} docker stop started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
         }
         let stopper = std::thread::spawn(move || engine.docker(&["stop", "-t", "3", &id]));

@@ -71,9 +71,14 @@ impl Entry {
         out
     }
 
+    /// Where partition `key` is in `partitions` (`Err`: where it would go).
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.partitions.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
     /// The backends of partition `key`, an empty set added if it has none yet.
     fn partition(&mut self, key: &str) -> &mut BTreeMap<ServerName, Backend> {
-        let i = match self.partitions.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+        let i = match self.find(key) {
             Ok(i) => i,
             Err(i) => {
                 self.partitions.reserve_exact(1);
@@ -169,7 +174,7 @@ impl Store {
                 }
             }
             Update::Remove(key) => {
-                let part = entry.partitions.binary_search_by(|(k, _)| k.as_str().cmp(partition)).ok();
+                let part = entry.find(partition).ok();
                 if let (Some(i), Ok(name)) = (part, ServerName::parse(&key)) {
                     entry.partitions[i].1.remove(&name);
                 }

@@ -127,21 +127,28 @@ impl Runtime {
 
     /// `show servers state`, parsed.
     pub async fn servers_state(&self) -> Result<Vec<ServerState>, Error> {
-        const COMMAND: &str = "show servers state";
-        let runtime = |reply: String| Error::Runtime { command: COMMAND.into(), reply };
-        // A line per server: 13 MB at 100,000 servers, a hundred milliseconds or more to read
-        // and parse. On the blocking pool, not on the thread that runs the daemon loop.
-        let (socket, timeout) = (self.socket.clone(), self.timeout);
-        tokio::task::spawn_blocking(move || parse_servers_state(&ask_blocking(&socket, COMMAND, timeout)?).map_err(runtime))
-            .await
-            .unwrap_or_else(|e| Err(runtime(format!("reading the reply stopped: {e}"))))
+        self.servers_state_read().await.map(|(_, servers)| servers)
     }
 
-    /// The raw `show servers state` text (for the server-state file).
+    /// The raw `show servers state` text (for the server-state file), checked by parsing it.
     pub async fn servers_state_text(&self) -> Result<String, Error> {
-        let reply = self.ask("show servers state").await?;
-        parse_servers_state(&reply).map_err(|reason| Error::Runtime { command: "show servers state".into(), reply: reason })?;
-        Ok(reply)
+        self.servers_state_read().await.map(|(text, _)| text)
+    }
+
+    /// `show servers state` as text and parsed. A line per server: 13 MB at 100,000 servers, a
+    /// hundred milliseconds or more to read and parse; on the blocking pool, not on the thread
+    /// that runs the daemon loop.
+    async fn servers_state_read(&self) -> Result<(String, Vec<ServerState>), Error> {
+        const COMMAND: &str = "show servers state";
+        let runtime = |reply: String| Error::Runtime { command: COMMAND.into(), reply };
+        let (socket, timeout) = (self.socket.clone(), self.timeout);
+        tokio::task::spawn_blocking(move || {
+            let text = ask_blocking(&socket, COMMAND, timeout)?;
+            let servers = parse_servers_state(&text).map_err(runtime)?;
+            Ok((text, servers))
+        })
+        .await
+        .unwrap_or_else(|e| Err(runtime(format!("reading the reply stopped: {e}"))))
     }
 
     /// Current sessions per (backend, server) of one backend: `show stat <backend> 4 -1` (its
