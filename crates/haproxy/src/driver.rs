@@ -5,7 +5,7 @@
 //! has timed work (drains, drift checks) and call [`Driver::tick`] then; ask
 //! [`Driver::wants_apply`] / [`Driver::earliest_apply`] whether and when it needs an apply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::route::{fallback, route, Reload, Route, Situation};
-use crate::{commands_of, filter_state_file, remove_commands, run_command, servers_on_disk, state_command, update_commands, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Renderer, Runtime, ServerState, Writer};
+use crate::{check, commands_of, filter_state_file, remove_commands, run_command, servers_on_disk, state_command, update_commands, write_atomic, Error, InstallOutcome, Master, Op, ReloadGate, Rendered, Renderer, Runtime, Findings, Writer};
 
 /// The shortest wait before an apply that failed is tried again.
 const MIN_RETRY: Duration = Duration::from_secs(1);
@@ -133,9 +133,9 @@ pub struct Driver {
     draining: BTreeMap<(BackendName, ServerName), Instant>,
     drain_check_at: Option<Instant>,
     verify_at: Option<Instant>,
-    /// A drift check's read of `show servers state`, running beside the loop, and the count
-    /// of changes made to HAProxy when it started.
-    verifying: Option<JoinHandle<Result<Vec<ServerState>, Error>>>,
+    /// A drift check (`show servers state` read and compared with `applied` as it was then),
+    /// running beside the loop, and the count of changes made to HAProxy when it started.
+    verifying: Option<JoinHandle<Result<Findings, Error>>>,
     verifying_since: u64,
     /// Changes made to HAProxy (runtime commands, reloads): a drift read that overlapped one is
     /// stale and thrown away.
@@ -225,7 +225,7 @@ impl Driver {
 
     /// The drift check's read, while one runs: select on it and hand the result to
     /// [`Driver::verified`].
-    pub fn verifying(&mut self) -> Option<&mut JoinHandle<Result<Vec<ServerState>, Error>>> {
+    pub fn verifying(&mut self) -> Option<&mut JoinHandle<Result<Findings, Error>>> {
         self.verifying.as_mut()
     }
 
@@ -362,19 +362,20 @@ impl Driver {
         }
     }
 
-    /// A drift check's read finished: compare it with what HAProxy should run. A difference
-    /// owes a reload ([`Driver::wants_apply`]).
-    pub async fn verified(&mut self, result: Result<Result<Vec<ServerState>, Error>, tokio::task::JoinError>) -> Report {
+    /// A drift check finished: set ready what it found stuck in a drain; a difference owes a
+    /// reload ([`Driver::wants_apply`]). Findings from a read that overlapped a change are
+    /// dropped, and the check runs again soon.
+    pub async fn verified(&mut self, result: Result<Result<Findings, Error>, tokio::task::JoinError>) -> Report {
         self.verifying = None;
         let mut report = Report::default();
-        let observed = match result {
-            Ok(Ok(o)) => {
+        let found = match result {
+            Ok(Ok(found)) => {
                 report.runtime_ok = true;
                 self.runtime_failing = false;
                 if self.recovered("verify") {
                     info!("HAProxy's runtime API answers again.");
                 }
-                o
+                found
             }
             Ok(Err(e)) => {
                 self.runtime_failing |= unreachable(&e);
@@ -391,24 +392,22 @@ impl Driver {
                 return report;
             }
         };
-        let (Some(applied), Some(rt)) = (&self.applied, self.runtime.clone()) else { return report };
+        let (Some(_), Some(rt)) = (&self.applied, self.runtime.clone()) else { return report };
         if self.reload_pending {
             return report;
         }
         if self.changes != self.verifying_since {
-            // HAProxy changed while it was read: check again soon rather than compare a mix.
+            // HAProxy changed while it was read: check again soon rather than act on a mix.
             self.verify_at = Some(Instant::now() + FIRST_VERIFY);
             return report;
         }
-        let draining = self.draining.keys().cloned().collect();
         // A server the data wants, held in a drain nobody is running (myelin killed while it
         // drained, or a drain by hand): back to ready through the runtime API (a reload would
         // restore the drain from the server-state file).
-        let stuck = crate::stuck_draining(applied, &observed, &draining);
-        if !stuck.is_empty() {
+        if !found.stuck.is_empty() {
             self.changes += 1;
         }
-        for (backend, name) in stuck {
+        for (backend, name) in found.stuck {
             match rt.set_state(&backend, &name, "ready").await {
                 Ok(()) => {
                     report.runtime_commands += 1;
@@ -417,11 +416,9 @@ impl Driver {
                 Err(e) => warn!(backend = %backend, server = %name, "A server left draining could not be set ready: {e}"),
             }
         }
-        let Some(applied) = &self.applied else { return report };
-        let drift = crate::drift(applied, &observed, &draining);
-        if !drift.is_empty() {
-            let shown: Vec<&String> = drift.iter().take(10).collect();
-            warn!(differences = drift.len(), first = ?shown, "HAProxy's servers differ from the desired state; repairing with a reload.");
+        if !found.drift.is_empty() {
+            let shown: Vec<&String> = found.drift.iter().take(10).collect();
+            warn!(differences = found.drift.len(), first = ?shown, "HAProxy's servers differ from the desired state; repairing with a reload.");
             self.reload_pending = self.s.do_reloads;
         }
         report
@@ -452,12 +449,12 @@ impl Driver {
     }
 
     /// haproxy.cfg for `desired`, re-rendering only what changed since the last time.
-    fn text(&mut self, desired: &DesiredState) -> String {
+    fn text(&mut self, desired: &DesiredState) -> Rendered {
         let scope = std::mem::replace(&mut self.unrendered, Scope::none());
         self.renderer.render(desired, &scope)
     }
 
-    async fn write_accepted(&mut self, text: String) -> Outcome {
+    async fn write_accepted(&mut self, text: Rendered) -> Outcome {
         match self.s.writer.install_accepted(text).await {
             Ok(_) => {
                 self.file_due = None;
@@ -689,17 +686,20 @@ impl Driver {
         self.schedule_drain_check();
     }
 
-    /// Start a drift check: `show servers state` is read and parsed beside the loop, and
-    /// compared in [`Driver::verified`].
+    /// Start a drift check: `show servers state` is read, parsed and compared with `applied`
+    /// (a copy of its map: the services themselves are shared) on the blocking pool, so that
+    /// neither the fleet-sized reply nor the comparison holds the loop; [`Driver::verified`]
+    /// gets the findings.
     fn verify(&mut self) {
         self.verify_at = Some(Instant::now() + self.s.verify_interval);
-        let (Some(rt), Some(_)) = (&self.runtime, &self.applied) else { return };
+        let (Some(rt), Some(applied)) = (&self.runtime, &self.applied) else { return };
         if self.reload_pending {
             return;
         }
-        let rt = rt.clone();
+        let (rt, applied) = (rt.clone(), applied.clone());
+        let draining: BTreeSet<(BackendName, ServerName)> = self.draining.keys().cloned().collect();
         self.verifying_since = self.changes;
-        self.verifying = Some(tokio::spawn(async move { rt.servers_state().await }));
+        self.verifying = Some(tokio::spawn(async move { rt.servers_state_then(move |observed| check(&applied, &observed, &draining)).await }));
     }
 
     /// Save the server state, then reload: through the master CLI (verified: a new worker must
@@ -950,10 +950,28 @@ mod tests {
         let r = d.apply_all(&state(&[1, 2, 3])).await;
         assert_eq!((r.runtime_error, r.outcome, r.reload), (None, Some(Outcome::Installed), Some(Ok(()))));
         assert_eq!(reloads(dir.path()), 3);
-        d.verifying = Some(tokio::spawn(async { Ok(vec![]) }));
+        d.verifying = Some(tokio::spawn(async { Ok(Findings::default()) }));
         let done = d.verifying.take().unwrap().await;
         let r = d.verified(done).await;
         assert!(r.runtime_ok && !d.runtime_failing, "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn drift_found_owes_a_reload_unless_haproxy_changed_while_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path(), "true", "true", Some(dir.path().join("no-such.sock")));
+        d.apply_all(&state(&[1])).await;
+        assert!(!d.wants_apply());
+        let drifted = || Findings { stuck: vec![], drift: vec!["web/s1 is missing".into()] };
+        // A change reached HAProxy while the check read it: its findings are a mix, dropped.
+        d.verifying_since = d.changes;
+        d.changes += 1;
+        let r = d.verified(Ok(Ok(drifted()))).await;
+        assert!(r.runtime_ok && !d.wants_apply(), "{r:?}");
+        // Nothing changed meanwhile: the difference is repaired with a reload.
+        d.verifying_since = d.changes;
+        d.verified(Ok(Ok(drifted()))).await;
+        assert!(d.wants_apply());
     }
 
     /// A stand-in for HAProxy's stats socket: answers the runtime API commands myelin sends

@@ -21,11 +21,11 @@ pub use driver::{Driver, DriverSettings, Outcome, Report};
 pub use route::{route, Reload, Route, Situation};
 pub use gate::ReloadGate;
 pub use ondisk::{servers_by_backend, servers_on_disk};
-pub use render::{render, Renderer};
+pub use render::{render, Rendered, Renderer};
 pub use master::{parse_show_proc, Master, Processes};
 pub use ops::{runtime_ops, Op};
 pub use runtime::{commands_of, remove_commands, state_command, update_commands, Command, Runtime};
-pub use servers::{drift, parse_servers_state, parse_stat_sessions, servers_running, stuck_draining, ServerState, ADMIN_FORCED_DRAIN};
+pub use servers::{check, drift, parse_servers_state, parse_stat_sessions, servers_running, stuck_draining, Findings, ServerState, ADMIN_FORCED_DRAIN};
 pub use state_file::filter_state_file;
 pub use writer::{write_atomic, InstallOutcome, Writer};
 

@@ -127,25 +127,31 @@ impl Runtime {
 
     /// `show servers state`, parsed.
     pub async fn servers_state(&self) -> Result<Vec<ServerState>, Error> {
-        self.servers_state_read().await.map(|(_, servers)| servers)
+        self.servers_state_read(|_, servers| servers).await
     }
 
     /// The raw `show servers state` text (for the server-state file), checked by parsing it.
     pub async fn servers_state_text(&self) -> Result<String, Error> {
-        self.servers_state_read().await.map(|(text, _)| text)
+        self.servers_state_read(|text, _| text).await
     }
 
-    /// `show servers state` as text and parsed. A line per server: 13 MB at 100,000 servers, a
-    /// hundred milliseconds or more to read and parse; on the blocking pool, not on the thread
-    /// that runs the daemon loop.
-    async fn servers_state_read(&self) -> Result<(String, Vec<ServerState>), Error> {
+    /// `show servers state`, parsed, and what `then` makes of it there: a drift check compares
+    /// it where it was read, and only the findings come back.
+    pub async fn servers_state_then<T: Send + 'static>(&self, then: impl FnOnce(Vec<ServerState>) -> T + Send + 'static) -> Result<T, Error> {
+        self.servers_state_read(move |_, servers| then(servers)).await
+    }
+
+    /// `show servers state` as text and parsed, handed to `keep`. A line per server: 13 MB at
+    /// 100,000 servers, a hundred milliseconds or more to read and parse; on the blocking pool,
+    /// not on the thread that runs the daemon loop, and freed there.
+    async fn servers_state_read<T: Send + 'static>(&self, keep: impl FnOnce(String, Vec<ServerState>) -> T + Send + 'static) -> Result<T, Error> {
         const COMMAND: &str = "show servers state";
         let runtime = |reply: String| Error::Runtime { command: COMMAND.into(), reply };
         let (socket, timeout) = (self.socket.clone(), self.timeout);
         tokio::task::spawn_blocking(move || {
             let text = ask_blocking(&socket, COMMAND, timeout)?;
             let servers = parse_servers_state(&text).map_err(runtime)?;
-            Ok((text, servers))
+            Ok(keep(text, servers))
         })
         .await
         .unwrap_or_else(|e| Err(runtime(format!("reading the reply stopped: {e}"))))

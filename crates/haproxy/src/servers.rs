@@ -87,6 +87,20 @@ pub fn stuck_draining(applied: &DesiredState, observed: &[ServerState], draining
     out
 }
 
+/// What a drift check found: servers held in a drain nobody runs ([`stuck_draining`]) and the
+/// differences from what HAProxy should run ([`drift`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub stuck: Vec<(BackendName, ServerName)>,
+    pub drift: Vec<String>,
+}
+
+/// Compare what HAProxy reports with `applied`, servers in `draining` excepted: run where the
+/// report was read (the blocking pool), so that only the findings reach the daemon loop.
+pub fn check(applied: &DesiredState, observed: &[ServerState], draining: &BTreeSet<(BackendName, ServerName)>) -> Findings {
+    Findings { stuck: stuck_draining(applied, observed, draining), drift: drift(applied, observed, draining) }
+}
+
 /// Admin states of a server in maintenance (forced, inherited, from the configuration, from DNS
 /// resolution, from a hostname lookup): not taking traffic, and not counted as running.
 const ADMIN_MAINT: u32 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tracing::debug;
 
 use crate::command::run_command;
+use crate::render::Rendered;
 use crate::Error;
 
 /// What [`Writer::install`] did.
@@ -45,33 +46,51 @@ impl Writer {
 
     /// Whether the file on disk holds exactly `config`: a file of another length is not read,
     /// and one of the same length only up to its first difference, a block at a time.
-    pub fn is_current(&self, config: &str) -> bool {
+    pub fn is_current(&self, config: &Rendered) -> bool {
         use std::io::Read;
         let Ok(mut f) = std::fs::File::open(&self.path) else { return false };
         if f.metadata().map_or(true, |m| m.len() != config.len() as u64) {
             return false;
         }
-        let mut want = config.as_bytes();
-        let mut block = vec![0; COMPARE_BLOCK.min(want.len().max(1))];
+        let mut want = config.parts().map(str::as_bytes).filter(|p| !p.is_empty());
+        let mut part: &[u8] = want.next().unwrap_or_default();
+        let mut block = vec![0; COMPARE_BLOCK.min(config.len().max(1))];
         loop {
-            match f.read(&mut block) {
-                Ok(0) => return want.is_empty(),
-                Ok(n) if n <= want.len() && block[..n] == want[..n] => want = &want[n..],
-                Ok(_) => return false,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            let n = match f.read(&mut block) {
+                Ok(0) => return part.is_empty(),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
+            };
+            // The block against the pieces it spans.
+            let mut got = &block[..n];
+            while !got.is_empty() {
+                if part.is_empty() {
+                    match want.next() {
+                        Some(p) => part = p,
+                        None => return false,
+                    }
+                }
+                let k = part.len().min(got.len());
+                if got[..k] != part[..k] {
+                    return false;
+                }
+                (got, part) = (&got[k..], &part[k..]);
+            }
+            if part.is_empty() {
+                part = want.next().unwrap_or_default();
             }
         }
     }
 
-    pub async fn install(&self, config: String) -> Result<InstallOutcome, Error> {
+    pub async fn install(&self, config: Rendered) -> Result<InstallOutcome, Error> {
         self.install_checked(config, true).await
     }
 
     /// Install a config whose only difference from the one in force is servers that HAProxy's
     /// runtime API has just accepted: HAProxy itself validated them, so `haproxy -c` is skipped.
     /// (An operator's `check_command` ran before the runtime change: [`Writer::gate`].)
-    pub async fn install_accepted(&self, config: String) -> Result<InstallOutcome, Error> {
+    pub async fn install_accepted(&self, config: Rendered) -> Result<InstallOutcome, Error> {
         self.install_checked(config, false).await
     }
 
@@ -79,13 +98,13 @@ impl Writer {
     /// HAProxy through the runtime API: it gates every change, not only reloads. Without one
     /// (the default check is `haproxy -c`, whose parser is the one `add server` uses), nothing
     /// is run.
-    pub async fn gate(&self, config: &str) -> Result<(), Error> {
+    pub async fn gate(&self, config: &Rendered) -> Result<(), Error> {
         if self.check_command.is_none() || !self.do_checks || self.is_current(config) {
             return Ok(());
         }
         let candidate = self.candidate_path();
-        let (c, bytes) = (candidate.clone(), config.as_bytes().to_vec());
-        blocking(move || std::fs::write(&c, bytes).map_err(|source| Error::Io { action: "writing", path: c.clone(), source })).await?;
+        let (c, text) = (candidate.clone(), config.clone());
+        blocking(move || write_plain(&c, &text)).await?;
         let result = self.check(&candidate).await;
         match result {
             Ok(()) => {
@@ -103,34 +122,47 @@ impl Writer {
         }
     }
 
-    /// `config` is moved to the blocking writes and back rather than copied (it can be megabytes).
-    async fn install_checked(&self, mut config: String, check: bool) -> Result<InstallOutcome, Error> {
-        if self.is_current(&config) {
-            return Ok(InstallOutcome::Unchanged);
+    /// On the blocking pool: the comparison with the file on disk (at 100,000 servers a file of
+    /// the same length, a weight changed, is 4 MB to read), then the candidate for the check, or
+    /// the file itself when no check is due: one hand-over for a change HAProxy accepted.
+    /// `config` is moved there and back (its pieces are shared, not copied).
+    async fn install_checked(&self, config: Rendered, check: bool) -> Result<InstallOutcome, Error> {
+        enum Step {
+            Done(InstallOutcome),
+            Check(Rendered),
         }
-        if !self.do_writes {
-            return Ok(InstallOutcome::NotWritten);
-        }
-        if check && self.do_checks {
-            let candidate = self.candidate_path();
-            let c = candidate.clone();
-            config = blocking(move || match std::fs::write(&c, config.as_bytes()) {
-                Ok(()) => Ok(config),
-                Err(source) => Err(Error::Io { action: "writing", path: c.clone(), source }),
-            })
-            .await?;
-            if let Err(e) = self.check(&candidate).await {
-                let rejected = self.rejected_path();
-                let _ = std::fs::rename(&candidate, &rejected);
-                return Err(match e {
-                    Error::Failed { output, .. } => Error::Rejected { rejected, output },
-                    other => other,
-                });
+        let (w, checked) = (self.clone(), check && self.do_checks);
+        let step = blocking(move || {
+            if w.is_current(&config) {
+                return Ok(Step::Done(InstallOutcome::Unchanged));
             }
-            let _ = std::fs::remove_file(&candidate);
+            if !w.do_writes {
+                return Ok(Step::Done(InstallOutcome::NotWritten));
+            }
+            if checked {
+                write_plain(&w.candidate_path(), &config)?;
+                return Ok(Step::Check(config));
+            }
+            write_atomic_by(&w.path, |f| config.write_to(f))?;
+            Ok(Step::Done(InstallOutcome::Installed))
+        })
+        .await?;
+        let config = match step {
+            Step::Done(outcome) => return Ok(outcome),
+            Step::Check(config) => config,
+        };
+        let candidate = self.candidate_path();
+        if let Err(e) = self.check(&candidate).await {
+            let rejected = self.rejected_path();
+            let _ = std::fs::rename(&candidate, &rejected);
+            return Err(match e {
+                Error::Failed { output, .. } => Error::Rejected { rejected, output },
+                other => other,
+            });
         }
+        let _ = std::fs::remove_file(&candidate);
         let target = self.path.clone();
-        blocking(move || write_atomic(&target, config.as_bytes())).await?;
+        blocking(move || write_atomic_by(&target, |f| config.write_to(f))).await?;
         Ok(InstallOutcome::Installed)
     }
 
@@ -185,10 +217,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
 /// file, never a part of one, and a crash after it returns keeps the new one. Used for
 /// haproxy.cfg, myelin's state file and `file_output`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_atomic_by(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes.
+fn write_atomic_by(path: &Path, write: impl FnOnce(&mut atomic_write_file::AtomicWriteFile) -> std::io::Result<()>) -> Result<(), Error> {
     let io = |source| Error::Io { action: "writing", path: path.to_path_buf(), source };
     let mut f = atomic_write_file::AtomicWriteFile::open(path).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
+    write(&mut f).map_err(io)?;
     f.commit().map_err(io)
+}
+
+/// A candidate for the check, written in place (it is not read until complete).
+fn write_plain(path: &Path, config: &Rendered) -> Result<(), Error> {
+    let io = |source| Error::Io { action: "writing", path: path.to_path_buf(), source };
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    config.write_to(&mut f).map_err(io)
 }
 
 #[cfg(test)]
@@ -206,23 +250,36 @@ mod tests {
         }
     }
 
+    /// `text` cut into pieces of `size` bytes (the last shorter), as the renderer's are.
+    fn cut(text: &str, size: usize) -> Rendered {
+        let pieces = text.as_bytes().chunks(size.max(1)).map(|c| std::sync::Arc::from(std::str::from_utf8(c).unwrap())).collect();
+        Rendered::of(pieces)
+    }
+
     #[test]
     fn is_current_compares_every_byte_without_reading_a_file_of_another_length() {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(dir.path(), "true");
-        assert!(!w.is_current("x"), "no file");
-        // Several compare blocks, differing only in the last byte or in the length.
+        assert!(!w.is_current(&"x".into()), "no file");
+        // Several compare blocks, differing only in the last byte or in the length; in one
+        // piece, and in pieces smaller than a block, of a block, and spanning blocks.
         let big: String = (0..COMPARE_BLOCK * 3 + 7).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         std::fs::write(&w.path, &big).unwrap();
-        assert!(w.is_current(&big));
         let mut last = big.clone();
         last.pop();
-        assert!(!w.is_current(&format!("{last}#")));
-        assert!(!w.is_current(&last));
-        assert!(!w.is_current(&format!("{big}a")));
+        for size in [big.len(), 1000, COMPARE_BLOCK, COMPARE_BLOCK + 13, 7] {
+            assert!(w.is_current(&cut(&big, size)), "pieces of {size}");
+            assert!(!w.is_current(&cut(&format!("{last}#"), size)), "pieces of {size}");
+            let mut early = big.clone().into_bytes();
+            early[COMPARE_BLOCK + 3] = b'#';
+            assert!(!w.is_current(&cut(&String::from_utf8(early).unwrap(), size)), "pieces of {size}");
+        }
+        assert!(!w.is_current(&last.as_str().into()));
+        assert!(!w.is_current(&format!("{big}a").into()));
         std::fs::write(&w.path, "").unwrap();
-        assert!(w.is_current(""));
-        assert!(!w.is_current("a"));
+        assert!(w.is_current(&"".into()));
+        assert!(w.is_current(&Rendered::default()));
+        assert!(!w.is_current(&"a".into()));
     }
 
     #[tokio::test]

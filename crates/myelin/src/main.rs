@@ -197,8 +197,12 @@ fn main() -> ExitCode {
     // One thread runs every task (the daemon loop, the watchers, the admin listener): a change
     // is handed from task to task without waking another thread, which costs more than the work
     // of a change on a small host. Blocking work (file writes, `haproxy -c`) goes to the blocking
-    // pool; inotify has its own thread.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // pool; inotify has its own thread. A blocking-pool thread idle for 2 s ends, and with it
+    // what its allocator holds: a drift check reads and compares a fleet-sized reply there
+    // (about 20 MB at 100,000 servers), which tokio's default of 10 s kept resident that long.
+    // Not less: haproxy.cfg follows the runtime API once a second, and a thread would then be
+    // started for every write.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().thread_keep_alive(std::time::Duration::from_secs(2)).build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
