@@ -57,7 +57,7 @@ impl Writer {
         let mut block = vec![0; COMPARE_BLOCK.min(config.len().max(1))];
         loop {
             let n = match f.read(&mut block) {
-                Ok(0) => return part.is_empty(),
+                Ok(0) => return part.is_empty() && want.next().is_none(),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
@@ -76,9 +76,6 @@ impl Writer {
                     return false;
                 }
                 (got, part) = (&got[k..], &part[k..]);
-            }
-            if part.is_empty() {
-                part = want.next().unwrap_or_default();
             }
         }
     }
@@ -99,27 +96,36 @@ impl Writer {
     /// (the default check is `haproxy -c`, whose parser is the one `add server` uses), nothing
     /// is run.
     pub async fn gate(&self, config: &Rendered) -> Result<(), Error> {
-        if self.check_command.is_none() || !self.do_checks || self.is_current(config) {
+        if self.check_command.is_none() || !self.do_checks {
             return Ok(());
         }
-        let candidate = self.candidate_path();
-        let (c, text) = (candidate.clone(), config.clone());
-        blocking(move || write_plain(&c, &text)).await?;
-        let result = self.check(&candidate).await;
-        match result {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&candidate);
-                Ok(())
-            }
-            Err(e) => {
-                let rejected = self.rejected_path();
-                let _ = std::fs::rename(&candidate, &rejected);
-                Err(match e {
-                    Error::Failed { output, .. } => Error::Rejected { rejected, output },
-                    other => other,
-                })
-            }
+        // Compared and written on the blocking pool, as for an install.
+        let (w, text) = (self.clone(), config.clone());
+        let due = blocking(move || match w.is_current(&text) {
+            true => Ok(false),
+            false => write_plain(&w.candidate_path(), &text).map(|()| true),
+        })
+        .await?;
+        if due {
+            self.check_candidate().await?;
         }
+        Ok(())
+    }
+
+    /// Check the candidate written beside the target: removed when it passes, kept as
+    /// `<config>.rejected` when refused.
+    async fn check_candidate(&self) -> Result<(), Error> {
+        let candidate = self.candidate_path();
+        if let Err(e) = self.check(&candidate).await {
+            let rejected = self.rejected_path();
+            let _ = std::fs::rename(&candidate, &rejected);
+            return Err(match e {
+                Error::Failed { output, .. } => Error::Rejected { rejected, output },
+                other => other,
+            });
+        }
+        let _ = std::fs::remove_file(&candidate);
+        Ok(())
     }
 
     /// On the blocking pool: the comparison with the file on disk (at 100,000 servers a file of
@@ -151,16 +157,7 @@ impl Writer {
             Step::Done(outcome) => return Ok(outcome),
             Step::Check(config) => config,
         };
-        let candidate = self.candidate_path();
-        if let Err(e) = self.check(&candidate).await {
-            let rejected = self.rejected_path();
-            let _ = std::fs::rename(&candidate, &rejected);
-            return Err(match e {
-                Error::Failed { output, .. } => Error::Rejected { rejected, output },
-                other => other,
-            });
-        }
-        let _ = std::fs::remove_file(&candidate);
+        self.check_candidate().await?;
         let target = self.path.clone();
         blocking(move || write_atomic_by(&target, |f| config.write_to(f))).await?;
         Ok(InstallOutcome::Installed)
