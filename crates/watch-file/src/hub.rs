@@ -1,28 +1,52 @@
-//! One `notify` watcher (on Linux: one inotify instance and one thread) for every file source
-//! of the process.
+//! One inotify instance (and one thread reading it) for every file source of the process,
+//! through the `inotify` crate.
 //!
 //! inotify instances are scarce (`fs.inotify.max_user_instances`, 128 per user by default, shared
 //! by every process of the user): a watcher per file source ran out at about a hundred file
 //! services. Here each directory is watched once, whoever needs it, and each source subscribes
-//! to the names it cares about in the directories it cares about. An event wakes only the
-//! sources whose names it concerns, and only if it can change what a name holds (create, write,
-//! close after writing, attributes, rename, delete), never for opening, reading or closing
-//! without writing: a source reading its own file does not wake itself, and files sharing a
-//! directory do not wake each other.
+//! to the names it cares about in the directories it cares about.
 //!
-//! Locking: `watcher` (held while asking `notify` to watch or unwatch, which waits on notify's
-//! thread) is always taken before `table` (taken by the event handler on notify's thread, never
-//! held while calling into `notify`), so the two threads cannot wait on each other.
+//! The watches ask the kernel only for events that can change what a name holds ([`MASK`]:
+//! create, write, close after writing, attributes, rename, delete), never for opening, reading
+//! or closing without writing: a source reading its own file raises nothing, and nothing wakes
+//! the reading thread for it. An event wakes only the sources whose names it concerns, so files
+//! sharing a directory do not wake each other.
+//!
+//! Locking: one mutex holds the table and the watch handle. `inotify_add_watch` and
+//! `inotify_rm_watch` do not wait for the reading thread, so a subscriber places its watches and
+//! records them in one step, and an event is never looked up between the two.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::Notify;
+
+/// What each directory watch asks the kernel for: what can change a name's content or what it
+/// points to, and the directory itself going away.
+const MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
+
+/// The events that end a change: a file closed after writing, a name renamed into place (how
+/// atomic writers, editors and re-pointed symlinks land), a name or the directory deleted. What
+/// they concern can be read at once; other content events (a write with the file still open)
+/// may be followed by more, so readers wait for a quiet moment.
+const COMPLETES: EventMask = EventMask::CLOSE_WRITE.union(EventMask::MOVED_TO).union(EventMask::DELETE).union(EventMask::DELETE_SELF);
+
+/// The events that end a directory's watch, or leave it on an inode no longer at its path.
+const ENDS_SELF: EventMask = EventMask::DELETE_SELF.union(EventMask::MOVE_SELF).union(EventMask::IGNORED).union(EventMask::UNMOUNT);
 
 /// A directory's identity (device and inode) as seen when it was resolved: a directory
 /// replaced by another of the same path must be watched again.
@@ -42,10 +66,13 @@ impl DirId {
 /// What one source wants to hear about: names in directories.
 pub type Interests = BTreeMap<PathBuf, (DirId, BTreeSet<OsString>)>;
 
+/// A watch descriptor's number, as events carry it.
+type Wd = i32;
+
 struct Dir {
-    /// The directory the watch was placed on; `None` while it has no live watch (not placed
-    /// yet, or the directory was deleted or moved away, which ends its watch).
-    watched: Option<DirId>,
+    /// The directory the watch was placed on and the watch; `None` while it has no live watch
+    /// (not placed yet, or the directory was deleted or moved away).
+    watched: Option<(DirId, Wd)>,
     /// The names each subscriber cares about.
     subs: HashMap<u64, BTreeSet<OsString>>,
 }
@@ -54,14 +81,24 @@ struct Dir {
 struct Table {
     dirs: HashMap<PathBuf, Dir>,
     wakers: HashMap<u64, Arc<Waker>>,
+    /// The paths each watch serves (two paths of one directory share its watch) and its
+    /// descriptor, to remove it.
+    watches: HashMap<Wd, (WatchDescriptor, Vec<PathBuf>)>,
 }
 
 /// How a subscriber is woken: the wake, and whether an event since the last wait completed a
-/// change (see [`completes_change`]).
+/// change (see [`COMPLETES`]).
 #[derive(Default)]
 struct Waker {
     notify: Notify,
     settled: AtomicBool,
+}
+
+/// One event as the table needs it.
+struct Event<'a> {
+    wd: Wd,
+    mask: EventMask,
+    name: Option<&'a OsStr>,
 }
 
 impl Table {
@@ -71,45 +108,76 @@ impl Table {
         }
     }
 
-    fn dispatch(&mut self, res: notify::Result<notify::Event>) {
-        let ev = match res {
-            Ok(ev) => ev,
-            // notify could not read events (or lost some): everyone looks again.
-            Err(_) => return self.wake_all(),
-        };
-        if ev.need_rescan() {
-            return self.wake_all();
-        }
-        // notify follows each rename into place (`To`) with a `Both` naming the two ends: the
-        // `From` and the `To` already said all of it, and a second wake would read the file
-        // again for nothing, after a quiet period.
-        if !changes_content(&ev.kind) || matches!(ev.kind, EventKind::Modify(ModifyKind::Name(RenameMode::Both))) {
-            return;
-        }
-        let settled = completes_change(&ev.kind);
-        // notify drops the watches of a directory deleted or moved away, and of the directories
-        // below it: they must be placed again if the path comes back.
-        let ends_watch = matches!(ev.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)));
-        for p in &ev.paths {
-            if ends_watch && self.dirs.contains_key(p) {
-                for (_, d) in self.dirs.iter_mut().filter(|(dir, _)| dir.starts_with(p)) {
-                    d.watched = None;
-                }
-            }
-            if let Some(d) = self.dirs.get(p) {
-                for id in d.subs.keys() {
+    fn wake_dir(&self, dir: &Path, name: Option<&OsStr>, settled: bool) {
+        if let Some(d) = self.dirs.get(dir) {
+            for (id, names) in &d.subs {
+                if name.is_none_or(|n| names.contains(n)) {
                     wake(&self.wakers, *id, settled);
                 }
             }
-            let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else { continue };
-            if let Some(d) = self.dirs.get(parent) {
-                for (id, names) in &d.subs {
-                    if names.contains(name) {
-                        wake(&self.wakers, *id, settled);
-                    }
+        }
+    }
+
+    /// `dir` no longer has a live watch. Returns the watch to remove from the kernel when no
+    /// other path uses it (it may still be on the directory, moved elsewhere).
+    fn drop_watch(&mut self, dir: &Path) -> Option<WatchDescriptor> {
+        let (_, wd) = self.dirs.get_mut(dir)?.watched.take()?;
+        let (_, paths) = self.watches.get_mut(&wd)?;
+        paths.retain(|p| p != dir);
+        if paths.is_empty() {
+            return self.watches.remove(&wd).map(|(w, _)| w);
+        }
+        None
+    }
+
+    /// Route one event to the subscribers it concerns. Returns the watches to remove from the
+    /// kernel: those left on directories moved away from their path.
+    fn dispatch(&mut self, ev: Event<'_>) -> Vec<WatchDescriptor> {
+        let mut stale = Vec::new();
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            // Events were lost: everyone looks again.
+            self.wake_all();
+            return stale;
+        }
+        let Some((_, paths)) = self.watches.get(&ev.wd) else { return stale };
+        let paths = paths.clone();
+        let settled = ev.mask.intersects(COMPLETES);
+        if ev.mask.intersects(ENDS_SELF) {
+            // The directory itself was deleted or moved away (or its file system unmounted):
+            // its subscribers look again, and it is watched again if its path comes back.
+            for p in &paths {
+                stale.extend(self.drop_watch(p));
+                self.wake_dir(p, None, true);
+            }
+            // The kernel ended a deleted directory's watch itself (`IGNORED` follows).
+            if !ev.mask.contains(EventMask::MOVE_SELF) {
+                stale.clear();
+            }
+            return stale;
+        }
+        let Some(name) = ev.name else {
+            // About the directory itself (its attributes): its subscribers look again.
+            for p in &paths {
+                self.wake_dir(p, None, settled);
+            }
+            return stale;
+        };
+        let gone = ev.mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM);
+        for p in &paths {
+            let child = p.join(name);
+            if gone {
+                // A directory moved away keeps its watch (and those below it keep theirs) on
+                // its new path: they are ended, and placed again if the path comes back.
+                let below: Vec<PathBuf> = self.dirs.keys().filter(|d| d.starts_with(&child)).cloned().collect();
+                for d in below {
+                    stale.extend(self.drop_watch(&d));
                 }
             }
+            // A watched directory's own name changed: all of its subscribers look again.
+            self.wake_dir(&child, None, settled);
+            self.wake_dir(p, Some(name), settled);
         }
+        stale
     }
 }
 
@@ -122,38 +190,69 @@ fn wake(wakers: &HashMap<u64, Arc<Waker>>, id: u64, settled: bool) {
     }
 }
 
-/// Whether an event ends a change: a file closed after writing, a name renamed into place (how
-/// atomic writers, editors and re-pointed symlinks land), a name deleted. What it concerns can
-/// be read at once; other content events (a write with the file still open) may be followed
-/// by more, so readers wait for a quiet moment.
-fn completes_change(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-            | EventKind::Remove(_)
-    )
+/// The table and the handle that places and removes watches; `watches` is `None` until the
+/// first watch is needed (the instance and its thread are made then).
+#[derive(Default)]
+struct Inner {
+    table: Table,
+    watches: Option<Watches>,
 }
 
-/// Whether an event can change what a name holds. Opening, reading and closing without
-/// writing cannot (a source's own read raises exactly those).
-fn changes_content(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Other => true,
+impl Inner {
+    /// The handle, making the instance and its reading thread on first use.
+    fn watches(&mut self, hub: &'static Hub) -> io::Result<&mut Watches> {
+        if self.watches.is_none() {
+            let inotify = Inotify::init()?;
+            let watches = inotify.watches();
+            std::thread::Builder::new().name("myelin-inotify".into()).spawn(move || read_events(inotify, hub))?;
+            self.watches = Some(watches);
+        }
+        Ok(self.watches.as_mut().expect("made above"))
+    }
+
+    fn remove(&mut self, stale: Vec<WatchDescriptor>) {
+        if let Some(w) = self.watches.as_mut() {
+            for wd in stale {
+                // Fails harmlessly when the kernel already ended the watch.
+                let _ = w.remove(wd);
+            }
+        }
+    }
+}
+
+/// The reading thread: blocks on the instance, hands each batch of events to the table.
+fn read_events(mut inotify: Inotify, hub: &'static Hub) {
+    // Room for many events at once (each is 16 bytes and its name).
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match inotify.read_events_blocking(&mut buf) {
+            Ok(events) => {
+                let mut inner = lock(&hub.inner);
+                let mut stale = Vec::new();
+                for e in events {
+                    stale.extend(inner.table.dispatch(Event { wd: e.wd.get_watch_descriptor_id(), mask: e.mask, name: e.name }));
+                }
+                inner.remove(stale);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                // Could not read events: everyone looks again, and the read is retried after a
+                // pause rather than spinning on a lasting error.
+                lock(&hub.inner).table.wake_all();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
     }
 }
 
 /// The watcher shared by the process's file sources.
 pub struct Hub {
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    table: Arc<Mutex<Table>>,
+    inner: Mutex<Inner>,
     next_id: AtomicU64,
 }
 
-/// The process's hub, made on first use; its `notify` watcher is started by the first
-/// subscription that needs a directory watched.
+/// The process's hub, made on first use; its inotify instance is made by the first subscription
+/// that needs a directory watched.
 pub fn hub() -> &'static Hub {
     static HUB: OnceLock<Hub> = OnceLock::new();
     HUB.get_or_init(Hub::new)
@@ -166,21 +265,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     fn new() -> Self {
-        Self { watcher: Mutex::new(None), table: Arc::default(), next_id: AtomicU64::new(0) }
+        Self { inner: Mutex::default(), next_id: AtomicU64::new(0) }
     }
 
     pub fn subscribe(&'static self) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Waker::default());
-        lock(&self.table).wakers.insert(id, wake.clone());
+        lock(&self.inner).table.wakers.insert(id, wake.clone());
         Subscription { hub: self, id, wake, current: Interests::new() }
     }
 
     /// Directories watched now (for tests and diagnostics).
     #[cfg(test)]
     pub fn watched(&self) -> Vec<PathBuf> {
-        let t = lock(&self.table);
-        let mut v: Vec<_> = t.dirs.iter().filter(|(_, d)| d.watched.is_some()).map(|(p, _)| p.clone()).collect();
+        let inner = lock(&self.inner);
+        let mut v: Vec<_> = inner.table.dirs.iter().filter(|(_, d)| d.watched.is_some()).map(|(p, _)| p.clone()).collect();
         v.sort();
         v
     }
@@ -198,154 +297,208 @@ pub struct Subscription {
 /// Why a subscription could not be brought up to date.
 #[derive(Debug)]
 pub enum WatchError {
-    /// The watcher cannot be started or a directory cannot be watched (e.g. inotify limits).
-    Cannot(PathBuf, notify::Error),
+    /// The instance cannot be made or a directory cannot be watched (e.g. inotify limits).
+    Cannot(PathBuf, io::Error),
 }
 
 impl Subscription {
     /// Wait until something this subscription cares about may have changed. A wake that came
     /// while nobody waited is kept (one), so none is lost between two waits. True when an event
-    /// since the last wait completed a change ([`completes_change`]): no need to wait for more.
+    /// since the last wait completed a change ([`COMPLETES`]): no need to wait for more.
     pub async fn changed(&self) -> bool {
         self.wake.notify.notified().await;
         self.wake.settled.swap(false, Ordering::AcqRel)
     }
 
     /// Care about `want` from now on (and no longer about the rest). Returns whether every
-    /// directory in `want` is watched now: `false` when one vanished before it could be
-    /// watched (the caller looks at the path again).
+    /// directory in `want` is watched now: `false` when one vanished (or became something other
+    /// than a directory) before it could be watched (the caller looks at the path again).
     pub fn set(&mut self, want: &Interests) -> Result<bool, WatchError> {
         let hub = self.hub;
-        let mut watcher = lock(&hub.watcher);
+        let mut guard = lock(&hub.inner);
+        let inner = &mut *guard;
         for dir in self.current.keys().filter(|d| !want.contains_key(*d)) {
-            leave(hub, &mut watcher, dir, self.id);
-        }
-        let mut complete = true;
-        for (dir, (seen, names)) in want {
-            let needs_watch = {
-                let mut t = lock(&hub.table);
-                let d = t.dirs.entry(dir.clone()).or_insert_with(|| Dir { watched: None, subs: HashMap::new() });
-                d.subs.insert(self.id, names.clone());
-                d.watched != Some(*seen)
-            };
-            if !needs_watch {
-                continue;
-            }
-            let w = match watcher.as_mut() {
-                Some(w) => w,
-                None => {
-                    let table = hub.table.clone();
-                    let made = notify::recommended_watcher(move |res| lock(&table).dispatch(res)).map_err(|e| WatchError::Cannot(dir.clone(), e))?;
-                    watcher.insert(made)
-                }
-            };
-            // A stale watch of the same path (a directory replaced by another) goes first.
-            let _ = w.unwatch(dir);
-            match w.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    if let Some(d) = lock(&hub.table).dirs.get_mut(dir) {
-                        d.watched = Some(*seen);
-                    }
-                }
-                Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => complete = false,
-                Err(e) if matches!(&e.kind, notify::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound) => complete = false,
-                Err(e) => {
-                    self.current = want.clone();
-                    return Err(WatchError::Cannot(dir.clone(), e));
-                }
-            }
+            leave(inner, dir, self.id);
         }
         self.current = want.clone();
+        let mut complete = true;
+        for (dir, (seen, names)) in want {
+            let d = inner.table.dirs.entry(dir.clone()).or_insert_with(|| Dir { watched: None, subs: HashMap::new() });
+            d.subs.insert(self.id, names.clone());
+            if d.watched.is_some_and(|(id, _)| id == *seen) {
+                continue;
+            }
+            // A stale watch of the same path (a directory replaced by another) goes first.
+            let stale: Vec<_> = inner.table.drop_watch(dir).into_iter().collect();
+            inner.remove(stale);
+            let placed = inner.watches(hub).and_then(|w| w.add(dir, MASK));
+            match placed {
+                Ok(wd) => {
+                    let n = wd.get_watch_descriptor_id();
+                    let t = &mut inner.table;
+                    t.watches.entry(n).or_insert_with(|| (wd, Vec::new())).1.push(dir.clone());
+                    if let Some(d) = t.dirs.get_mut(dir) {
+                        d.watched = Some((*seen, n));
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => complete = false,
+                Err(e) => return Err(WatchError::Cannot(dir.clone(), e)),
+            }
+        }
         Ok(complete)
     }
 }
 
 /// `id` no longer cares about `dir`; unwatch it if nobody does.
-fn leave(hub: &Hub, watcher: &mut Option<notify::RecommendedWatcher>, dir: &Path, id: u64) {
-    let unused = {
-        let mut t = lock(&hub.table);
-        let Some(d) = t.dirs.get_mut(dir) else { return };
-        d.subs.remove(&id);
-        let unused = d.subs.is_empty();
-        if unused {
-            t.dirs.remove(dir);
-        }
-        unused
-    };
-    if unused {
-        if let Some(w) = watcher.as_mut() {
-            // Fails harmlessly when notify already dropped the watch (directory deleted).
-            let _ = w.unwatch(dir);
-        }
+fn leave(inner: &mut Inner, dir: &Path, id: u64) {
+    let t = &mut inner.table;
+    let Some(d) = t.dirs.get_mut(dir) else { return };
+    d.subs.remove(&id);
+    if d.subs.is_empty() {
+        let stale: Vec<_> = t.drop_watch(dir).into_iter().collect();
+        t.dirs.remove(dir);
+        inner.remove(stale);
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let hub = self.hub;
-        let mut watcher = lock(&hub.watcher);
+        let mut inner = lock(&self.hub.inner);
         for dir in self.current.keys() {
-            leave(hub, &mut watcher, dir, self.id);
+            leave(&mut inner, dir, self.id);
         }
-        lock(&hub.table).wakers.remove(&self.id);
+        inner.table.wakers.remove(&self.id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, RemoveKind};
 
     #[test]
-    fn only_content_changes_count() {
-        assert!(!changes_content(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
-        assert!(!changes_content(&EventKind::Access(AccessKind::Read)));
-        assert!(!changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
-        assert!(changes_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(changes_content(&EventKind::Create(CreateKind::File)));
-        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
-        assert!(changes_content(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
-        assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
-        assert!(completes_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(completes_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
-        assert!(completes_change(&EventKind::Remove(RemoveKind::File)));
-        assert!(!completes_change(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
-        assert!(!completes_change(&EventKind::Create(CreateKind::File)));
+    fn watches_ask_only_for_content_changes() {
+        for never in [WatchMask::OPEN, WatchMask::ACCESS, WatchMask::CLOSE_NOWRITE] {
+            assert!(!MASK.intersects(never), "{never:?} is raised by reading");
+        }
+        for wanted in [WatchMask::CLOSE_WRITE, WatchMask::MODIFY, WatchMask::MOVED_TO, WatchMask::MOVED_FROM, WatchMask::CREATE, WatchMask::DELETE] {
+            assert!(MASK.contains(wanted));
+        }
+    }
+
+    /// A table with real watch descriptors (of an instance of this test's own): `dirs` watched
+    /// each by a watch of its own, subscriber `i + 1` caring about `names[i]` in the first.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        _inotify: Inotify,
+        t: Table,
+        wds: Vec<Wd>,
+        wakers: Vec<Arc<Waker>>,
+    }
+
+    fn fixture(dirs: &[&str], names: &[&str]) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let inotify = Inotify::init().unwrap();
+        let mut t = Table::default();
+        let mut wds = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            let real = tmp.path().join(format!("d{i}"));
+            std::fs::create_dir(&real).unwrap();
+            let wd = inotify.watches().add(&real, MASK).unwrap();
+            let n = wd.get_watch_descriptor_id();
+            t.watches.insert(n, (wd, vec![PathBuf::from(d)]));
+            t.dirs.insert(d.into(), Dir { watched: Some((DirId { dev: 1, ino: i as u64 }, n)), subs: HashMap::new() });
+            wds.push(n);
+        }
+        let mut wakers = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let w = Arc::new(Waker::default());
+            t.wakers.insert(i as u64 + 1, w.clone());
+            t.dirs.get_mut(Path::new(dirs[0])).unwrap().subs.insert(i as u64 + 1, BTreeSet::from([OsString::from(name)]));
+            wakers.push(w);
+        }
+        Fixture { _tmp: tmp, _inotify: inotify, t, wds, wakers }
+    }
+
+    fn woken(w: &Arc<Waker>) -> bool {
+        futures::FutureExt::now_or_never(w.notify.notified()).is_some()
+    }
+
+    fn settled(w: &Arc<Waker>) -> bool {
+        w.settled.swap(false, Ordering::AcqRel)
     }
 
     #[test]
     fn events_wake_only_the_subscribers_of_their_name() {
-        let mut t = Table::default();
-        let (a, b) = (Arc::new(Waker::default()), Arc::new(Waker::default()));
-        t.wakers.insert(1, a.clone());
-        t.wakers.insert(2, b.clone());
-        let names = |n: &str| BTreeSet::from([OsString::from(n)]);
-        t.dirs.insert("/d".into(), Dir { watched: Some(DirId { dev: 1, ino: 1 }), subs: HashMap::from([(1, names("a.yaml")), (2, names("b.yaml"))]) });
-        let ev = |kind, p: &str| Ok(notify::Event::new(kind).add_path(p.into()));
-        let woken = |n: &Arc<Waker>| futures::FutureExt::now_or_never(n.notify.notified()).is_some();
-        let settled = |n: &Arc<Waker>| n.settled.swap(false, Ordering::AcqRel);
-        t.dispatch(ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/d/a.yaml"));
-        t.dispatch(ev(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/d/a.yaml"));
-        assert!(!woken(&a) && !woken(&b));
-        t.dispatch(ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/d/b.yaml"));
+        let mut f = fixture(&["/d"], &["a.yaml", "b.yaml"]);
+        let (a, b) = (f.wakers[0].clone(), f.wakers[1].clone());
+        let ev = |mask, name: &'static str| Event { wd: f.wds[0], mask, name: Some(OsStr::new(name)) };
+        let (modify, close, created) = (ev(EventMask::MODIFY, "b.yaml"), ev(EventMask::CLOSE_WRITE, "b.yaml"), ev(EventMask::CREATE, "c.yaml"));
+        let renamed = ev(EventMask::MOVED_TO, "a.yaml");
+        assert!(f.t.dispatch(modify).is_empty());
         assert!(!woken(&a) && woken(&b));
         assert!(!settled(&b), "a write with the file open may be followed by more");
-        t.dispatch(ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/d/b.yaml"));
+        f.t.dispatch(close);
         assert!(!woken(&a) && woken(&b));
         assert!(settled(&b) && !settled(&a), "closed after writing: read at once");
-        t.dispatch(ev(EventKind::Create(CreateKind::File), "/d/c.yaml"));
-        assert!(!woken(&a) && !woken(&b));
-        // The directory itself deleted: everyone in it looks again, and its watch is gone.
-        t.dispatch(ev(EventKind::Remove(RemoveKind::Folder), "/d"));
+        f.t.dispatch(created);
+        assert!(!woken(&a) && !woken(&b), "nobody cares about c.yaml");
+        f.t.dispatch(renamed);
+        assert!(woken(&a) && settled(&a) && !woken(&b), "renamed into place: read at once");
+        // An event of a watch no longer known (ended meanwhile) is dropped.
+        f.t.dispatch(Event { wd: -1, mask: EventMask::CLOSE_WRITE, name: Some(OsStr::new("a.yaml")) });
+        assert!(!woken(&a));
+        // Events were lost: everyone looks again.
+        f.t.dispatch(Event { wd: -1, mask: EventMask::Q_OVERFLOW, name: None });
         assert!(woken(&a) && woken(&b));
-        assert_eq!(t.dirs[Path::new("/d")].watched, None);
-        // Moved away: its watch and those below it are gone, not its neighbours'.
-        let id = Some(DirId { dev: 1, ino: 2 });
-        for dir in ["/e", "/e/sub", "/else"] {
-            t.dirs.insert(dir.into(), Dir { watched: id, subs: HashMap::new() });
-        }
-        t.dispatch(ev(EventKind::Modify(ModifyKind::Name(RenameMode::From)), "/e"));
-        let watched = |d: &str| t.dirs[Path::new(d)].watched;
-        assert_eq!((watched("/e"), watched("/e/sub"), watched("/else")), (None, None, id));
+    }
+
+    #[test]
+    fn a_directory_deleted_or_moved_away_is_watched_again() {
+        // Deleted: its subscribers look again; the kernel ends the watch itself.
+        let mut f = fixture(&["/d"], &["a.yaml"]);
+        let stale = f.t.dispatch(Event { wd: f.wds[0], mask: EventMask::DELETE_SELF, name: None });
+        assert!(stale.is_empty());
+        assert!(woken(&f.wakers[0]) && settled(&f.wakers[0]));
+        assert_eq!(f.t.dirs[Path::new("/d")].watched, None);
+        assert!(f.t.watches.is_empty());
+        // Its `IGNORED` then finds nothing.
+        assert!(f.t.dispatch(Event { wd: f.wds[0], mask: EventMask::IGNORED, name: None }).is_empty());
+
+        // Moved away itself: the watch followed it, so it is handed back to be removed.
+        let mut f = fixture(&["/d"], &["a.yaml"]);
+        let stale = f.t.dispatch(Event { wd: f.wds[0], mask: EventMask::MOVE_SELF, name: None });
+        assert_eq!(stale.iter().map(WatchDescriptor::get_watch_descriptor_id).collect::<Vec<_>>(), [f.wds[0]]);
+        assert!(woken(&f.wakers[0]));
+        assert_eq!(f.t.dirs[Path::new("/d")].watched, None);
+
+        // Moved away as seen from its parent: its watch and those below it end, not its
+        // neighbours'; its subscribers look again.
+        let mut f = fixture(&["/p", "/p/e", "/p/e/sub", "/p/else"], &[]);
+        let w = Arc::new(Waker::default());
+        f.t.wakers.insert(9, w.clone());
+        f.t.dirs.get_mut(Path::new("/p/e/sub")).unwrap().subs.insert(9, BTreeSet::from([OsString::from("x")]));
+        f.t.dirs.get_mut(Path::new("/p/e")).unwrap().subs.insert(9, BTreeSet::from([OsString::from("sub")]));
+        let stale = f.t.dispatch(Event { wd: f.wds[0], mask: EventMask::MOVED_FROM | EventMask::ISDIR, name: Some(OsStr::new("e")) });
+        let mut ids: Vec<_> = stale.iter().map(WatchDescriptor::get_watch_descriptor_id).collect();
+        ids.sort();
+        assert_eq!(ids, [f.wds[1], f.wds[2]]);
+        let watched = |d: &str| f.t.dirs[Path::new(d)].watched.is_some();
+        assert_eq!((watched("/p"), watched("/p/e"), watched("/p/e/sub"), watched("/p/else")), (true, false, false, true));
+        assert!(woken(&w));
+    }
+
+    #[test]
+    fn two_paths_of_one_directory_share_its_watch() {
+        let mut f = fixture(&["/d"], &["a.yaml"]);
+        let wd = f.wds[0];
+        f.t.watches.get_mut(&wd).unwrap().1.push("/link".into());
+        f.t.dirs.insert("/link".into(), Dir { watched: Some((DirId { dev: 1, ino: 0 }, wd)), subs: HashMap::from([(1, BTreeSet::from([OsString::from("a.yaml")]))]) });
+        // One path let go: the watch stays for the other.
+        assert!(f.t.drop_watch(Path::new("/link")).is_none());
+        f.t.dispatch(Event { wd, mask: EventMask::CLOSE_WRITE, name: Some(OsStr::new("a.yaml")) });
+        assert!(woken(&f.wakers[0]));
+        // The last one: the watch is handed back to be removed.
+        assert_eq!(f.t.drop_watch(Path::new("/d")).map(|w| w.get_watch_descriptor_id()), Some(wd));
+        assert!(f.t.watches.is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! `method: file`: a YAML or JSON file listing backends, watched for changes.
 //!
-//! All the file sources of a process share one `notify` watcher ([`hub`]); each follows the
+//! All the file sources of a process share one inotify instance ([`hub`]); each follows the
 //! names on the way to its file, symlinks included ([`resolve`]), and reads its file only when
 //! one of them changed ([`source`]).
 #![forbid(unsafe_code)]

@@ -1,5 +1,5 @@
 //! The `file` source: a YAML or JSON file listing backends, watched through the process's one
-//! `notify` watcher (see [`crate::hub`]).
+//! inotify instance (see [`crate::hub`]).
 //!
 //! Every name on the way to the file is watched in its directory, symlinks followed (see
 //! [`crate::resolve`]): editors and tools that replace the file (write a temporary, rename it
@@ -243,21 +243,40 @@ mod tests {
         }
     }
 
-    /// Counts the opens of `file` by anyone, with a watcher of its own.
-    fn count_opens(dir: &Path, file: PathBuf) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
-        use notify::Watcher;
+    /// Counts the opens of `file` by anyone, with an inotify instance and thread of its own (the
+    /// hub's watches never ask for opens). Dropping the guard ends the watch, and the thread.
+    fn count_opens(dir: &Path, file: PathBuf) -> (OpenCounter, Arc<AtomicUsize>) {
+        use inotify::{EventMask, Inotify, WatchMask};
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();
-        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if matches!(ev.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_))) && ev.paths.contains(&file) {
-                    m.fetch_add(1, Ordering::SeqCst);
+        let mut inotify = Inotify::init().unwrap();
+        let mut watches = inotify.watches();
+        let wd = watches.add(dir, WatchMask::OPEN).unwrap();
+        let name = file.file_name().unwrap().to_owned();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                for ev in inotify.read_events_blocking(&mut buf).unwrap() {
+                    if ev.mask.contains(EventMask::IGNORED) {
+                        return;
+                    }
+                    if ev.mask.contains(EventMask::OPEN) && ev.name == Some(name.as_os_str()) {
+                        m.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
-        })
-        .unwrap();
-        w.watch(dir, notify::RecursiveMode::NonRecursive).unwrap();
-        (w, n)
+        });
+        (OpenCounter(watches, Some(wd)), n)
+    }
+
+    struct OpenCounter(inotify::Watches, Option<inotify::WatchDescriptor>);
+
+    impl Drop for OpenCounter {
+        fn drop(&mut self) {
+            if let Some(wd) = self.1.take() {
+                let _ = self.0.remove(wd);
+            }
+        }
     }
 
     /// A write closed, or a file renamed into place, is read at once; a write with the file
@@ -328,7 +347,7 @@ mod tests {
     struct Counted {
         dir: tempfile::TempDir,
         path: PathBuf,
-        _watcher: notify::RecommendedWatcher,
+        _watcher: OpenCounter,
         opens: Arc<AtomicUsize>,
         s: UpdateStream,
     }
