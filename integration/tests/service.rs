@@ -185,6 +185,19 @@ fn admin_listener_status_metrics_notifications_and_file_output() {
     assert_eq!(metric(admin, "myelin_config_reloads_total{outcome=\"ok\"}"), 1.0);
     assert!(!get(admin, "/metrics").unwrap().1.contains("service=\"web\""));
 
+    // Two SIGHUPs in a row, the file changed between them: whatever the first load read, the
+    // configuration of the last one runs.
+    std::fs::write(&cfg, good.replace("  web:", "  one:")).unwrap();
+    myelin.signal("HUP");
+    std::fs::write(&cfg, good.replace("  web:", "  two:")).unwrap();
+    myelin.signal("HUP");
+    assert!(wait_for(Duration::from_secs(5), || entries(&env, "two").is_some_and(|e| e.len() == 2)).is_some(), "{}", myelin.log());
+    let settled = wait_for(Duration::from_secs(5), || {
+        let s = status(admin);
+        s["services"].as_object().is_some_and(|m| m.len() == 1) && s["services"]["two"]["watcher"] == "synced"
+    });
+    assert!(settled.is_some(), "{}", status(admin));
+
     myelin.signal("TERM");
     notes.wait(&["STOPPING=1"]);
     assert_eq!(myelin.wait_exit(Duration::from_secs(5)), Some(0), "{}", myelin.log());
