@@ -167,6 +167,9 @@ fn haproxy_keeps_serving_while_the_engine_is_down_and_resyncs_when_it_is_back() 
     let myelin = env.start_myelin(&cfg).unwrap();
     let port = env.frontend_port;
     assert!(wait_for(Duration::from_secs(10), || answers(port, 8) == set(&["alpha", "beta"])).is_some(), "{}", myelin.log());
+    // HAProxy may serve them from the config it started with: the engine goes down only once
+    // myelin has them from it.
+    assert!(wait_for(Duration::from_secs(10), || myelin.log().contains("Source synced.")).is_some(), "{}", myelin.log());
     let before = std::fs::read_to_string(env.haproxy_cfg()).unwrap();
     let worker = worker_pid(&env);
 
