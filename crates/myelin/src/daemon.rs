@@ -195,12 +195,13 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Daemon {
-    /// Every source synced, and with `consul_services` the tagged services are known and the
-    /// configuration made with them is loaded (so a restart does not drop their frontends for a
-    /// moment).
+    /// Every source synced, no configuration load in flight (its result decides what the first
+    /// apply installs), and with `consul_services` the tagged services are known (so a restart
+    /// does not drop their frontends for a moment).
     fn all_synced(&self) -> bool {
-        self.watchers.with_sources().all(|name| self.store.is_synced(name))
-            && (self.loaded.consul_services.is_none() || (self.catalog.is_some() && self.loading.is_none()))
+        self.loading.is_none()
+            && self.watchers.with_sources().all(|name| self.store.is_synced(name))
+            && (self.loaded.consul_services.is_none() || self.catalog.is_some())
     }
 
     /// When to apply next: at start-up once every source synced (or the start-up timeout

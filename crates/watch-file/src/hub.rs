@@ -145,13 +145,13 @@ impl Table {
         if ev.mask.intersects(ENDS_SELF) {
             // The directory itself was deleted or moved away (or its file system unmounted):
             // its subscribers look again, and it is watched again if its path comes back.
+            // A moved directory keeps its watch, which is handed back to be removed; the kernel
+            // ends a deleted directory's watch itself (`IGNORED` follows).
+            let moved = ev.mask.contains(EventMask::MOVE_SELF);
             for p in &paths {
-                stale.extend(self.drop_watch(p));
+                let ended = self.drop_watch(p);
+                stale.extend(ended.filter(|_| moved));
                 self.wake_dir(p, None, true);
-            }
-            // The kernel ended a deleted directory's watch itself (`IGNORED` follows).
-            if !ev.mask.contains(EventMask::MOVE_SELF) {
-                stale.clear();
             }
             return stale;
         }
@@ -210,7 +210,7 @@ impl Inner {
         Ok(self.watches.as_mut().expect("made above"))
     }
 
-    fn remove(&mut self, stale: Vec<WatchDescriptor>) {
+    fn remove(&mut self, stale: impl IntoIterator<Item = WatchDescriptor>) {
         if let Some(w) = self.watches.as_mut() {
             for wd in stale {
                 // Fails harmlessly when the kernel already ended the watch.
@@ -329,7 +329,7 @@ impl Subscription {
                 continue;
             }
             // A stale watch of the same path (a directory replaced by another) goes first.
-            let stale: Vec<_> = inner.table.drop_watch(dir).into_iter().collect();
+            let stale = inner.table.drop_watch(dir);
             inner.remove(stale);
             let placed = inner.watches(hub).and_then(|w| w.add(dir, MASK));
             match placed {
@@ -355,7 +355,7 @@ fn leave(inner: &mut Inner, dir: &Path, id: u64) {
     let Some(d) = t.dirs.get_mut(dir) else { return };
     d.subs.remove(&id);
     if d.subs.is_empty() {
-        let stale: Vec<_> = t.drop_watch(dir).into_iter().collect();
+        let stale = t.drop_watch(dir);
         t.dirs.remove(dir);
         inner.remove(stale);
     }
