@@ -5,11 +5,14 @@
 //! Over 20 rounds (`BENCH_ROUNDS`):
 //! - routed: from `docker run` returning on host A to the first response from the new
 //!   container through host B's HAProxy;
-//! - withdrawn: from `docker stop` being started on A to the container's server no longer
+//! - withdrawn: from the stop being asked of A's engine to the container's server no longer
 //!   taking connections in B's HAProxy (`show servers state`: draining or gone), split at the
 //!   `kill` event A's engine gives (its own time stamp, from `docker events`): how long Docker
 //!   takes to signal the container and say so, and how long myelin, etcd and myelin take from
-//!   there.
+//!   there. Rounds alternate between the two ways a stop reaches an engine: the Engine API's
+//!   `POST /containers/{id}/stop` (as orchestrators and scripts send it; timed from the request,
+//!   on a connection opened before) and the `docker stop` command (timed from starting the
+//!   client process, which pays its own start-up first): `BENCH_ROUNDS` of each.
 //!
 //! Traffic goes to 127.0.0.1 only; every wait is bounded.
 
@@ -30,9 +33,14 @@ fn main() -> Result<()> {
         bail!("B's own container never answered:\n{}", fleet.logs());
     }
     let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
-    let (mut routed, mut ready_to_routed, mut withdrawn) = (vec![], vec![], vec![]);
-    let (mut stop_to_kill, mut kill_to_out) = (vec![], vec![]);
-    for round in 0..rounds {
+    // The Engine API client for A's stops, its connection opened before the first round.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let api = bollard::Docker::connect_with_unix(&fleet.a.engine.socket().to_string_lossy(), 30, bollard::API_DEFAULT_VERSION)?;
+    rt.block_on(api.ping()).context("A's engine API")?;
+    let (mut routed, mut ready_to_routed) = (vec![], vec![]);
+    let mut stops = [Stops::default(), Stops::default()];
+    for round in 0..2 * rounds {
+        let by_api = round % 2 == 0;
         let direct = free_port();
         let c = fleet.a.engine.run(&fleet.label, &format!("127.0.0.1:{direct}:8000"), &[])?;
         let ran = c.started;
@@ -54,28 +62,56 @@ fn main() -> Result<()> {
             let wall = t0_wall.duration_since(UNIX_EPOCH).unwrap_or_default();
             eprintln!("bench: round {round} docker stop started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
         }
-        let stopper = std::thread::spawn(move || engine.docker(&["stop", "-t", "3", &id]));
+        let stopper = if by_api {
+            let (api, id) = (api.clone(), id.clone());
+            let options = bollard::query_parameters::StopContainerOptionsBuilder::default().t(3).build();
+            Stopper::Api(rt.spawn(async move { api.stop_container(&id, Some(options)).await }))
+        } else {
+            Stopper::Cli(std::thread::spawn(move || engine.docker(&["stop", "-t", "3", &id])))
+        };
         let out =
             poll(Duration::from_secs(10), || !fleet.b.routed().contains(&port)).with_context(|| format!("round {round}: never withdrawn from B:\n{}", fleet.logs()))?;
-        withdrawn.push(out - t0);
-        stopper.join().unwrap()?;
+        match stopper {
+            Stopper::Api(h) => rt.block_on(h)?.context("stop through the Engine API")?,
+            Stopper::Cli(h) => drop(h.join().unwrap()?),
+        }
         let kill = kill_event(engine, &c.id, t0_wall).with_context(|| format!("round {round}: A's engine gave no kill event"))?;
         let kill = kill.duration_since(t0_wall).unwrap_or_default();
-        stop_to_kill.push(kill);
-        kill_to_out.push((out - t0).saturating_sub(kill));
+        let s = &mut stops[usize::from(!by_api)];
+        s.withdrawn.push(out - t0);
+        s.to_kill.push(kill);
+        s.kill_to_out.push((out - t0).saturating_sub(kill));
         drop(c);
-        eprintln!("round {:2}: routed by B {:?} after run, out of B's rotation {:?} after stop", round + 1, at - ran, out - t0);
+        let how = if by_api { "API stop" } else { "docker stop" };
+        eprintln!("round {:2}: routed by B {:?} after run, out of B's rotation {:?} after {how}", round + 1, at - ran, out - t0);
     }
     if std::env::var_os("BENCH_LOG").is_some() {
         eprintln!("{}", fleet.logs());
     }
-    println!("\nmyelin many-hosts benchmark: {rounds} rounds, host A's engine -> A's myelin -> etcd (3 members) -> B's myelin -> B's HAProxy (runtime API)");
+    println!("\nmyelin many-hosts benchmark: {} rounds ({rounds} stopped through the API, {rounds} by `docker stop`), host A's engine -> A's myelin -> etcd (3 members) -> B's myelin -> B's HAProxy (runtime API)", 2 * rounds);
     summary("docker run on A -> routed by B", routed);
     summary("A's port answering directly -> routed by B", ready_to_routed);
-    summary("docker stop on A -> out of B's rotation", withdrawn);
-    summary("  of it: docker stop -> A's kill event", stop_to_kill);
-    summary("  of it: A's kill event -> out of B", kill_to_out);
+    let [by_api, by_cli] = stops;
+    summary("stop asked of A's engine (API) -> out of B", by_api.withdrawn);
+    summary("  of it: API stop -> A's kill event", by_api.to_kill);
+    summary("  of it: A's kill event -> out of B", by_api.kill_to_out);
+    summary("docker stop on A started -> out of B", by_cli.withdrawn);
+    summary("  of it: docker stop -> A's kill event", by_cli.to_kill);
+    summary("  of it: A's kill event -> out of B", by_cli.kill_to_out);
     Ok(())
+}
+
+/// One way of stopping's rounds: to out of B's rotation, split at A's `kill` event.
+#[derive(Default)]
+struct Stops {
+    withdrawn: Vec<Duration>,
+    to_kill: Vec<Duration>,
+    kill_to_out: Vec<Duration>,
+}
+
+enum Stopper {
+    Api(tokio::task::JoinHandle<std::result::Result<(), bollard::errors::Error>>),
+    Cli(std::thread::JoinHandle<Result<String>>),
 }
 
 /// When A's engine says it signalled container `id` (its `kill` event) after `since`.
