@@ -99,6 +99,10 @@ fn admin_listener_status_metrics_notifications_and_file_output() {
         .start_myelin_env(&cfg, &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", "200000")])
         .unwrap();
     assert!(wait_for(Duration::from_secs(5), || get(admin, "/health").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    // The daemon runs with mimalloc returning freed memory at once, in the process started
+    // (systemd follows that PID).
+    let environ = std::fs::read(format!("/proc/{}/environ", myelin.pid())).unwrap();
+    assert!(environ.split(|b| *b == 0).any(|v| v == b"MIMALLOC_PURGE_DELAY=0"), "{}", String::from_utf8_lossy(&environ));
 
     // Not ready until discovery has synced.
     let (code, body) = get(admin, "/ready").unwrap();
@@ -215,6 +219,19 @@ fn a_taken_admin_port_stops_the_start_with_a_clear_error() {
     assert!(err.contains(&format!("starting the admin listener (`admin.bind`): cannot listen on 127.0.0.1:{port}")), "{err}");
     // Nothing was written.
     assert!(!env.haproxy_cfg().exists());
+}
+
+#[test]
+fn an_operators_mimalloc_purge_delay_is_kept() {
+    let env = Env::new();
+    let admin = free_port();
+    let cfg = env.path("myelin.yaml");
+    std::fs::write(&cfg, config(&env, "web", admin)).unwrap();
+    let myelin = env.start_myelin_env(&cfg, &[("MIMALLOC_PURGE_DELAY", "25")]).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || get(admin, "/health").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    let environ = std::fs::read(format!("/proc/{}/environ", myelin.pid())).unwrap();
+    let purge: Vec<_> = environ.split(|b| *b == 0).filter(|v| v.starts_with(b"MIMALLOC_PURGE_DELAY=")).collect();
+    assert_eq!(purge, [b"MIMALLOC_PURGE_DELAY=25"], "{}", String::from_utf8_lossy(&environ));
 }
 
 #[test]

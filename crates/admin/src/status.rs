@@ -131,7 +131,7 @@ impl WatcherState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// The discovery method (`file`, `docker`, ...).
-    pub method: String,
+    pub method: std::borrow::Cow<'static, str>,
     pub watcher: WatcherState,
     /// Synced at least once since it was (re)started.
     pub synced: bool,
@@ -142,8 +142,8 @@ pub struct ServiceStatus {
     pub last_update: Option<String>,
     /// The last problem discovery reported.
     pub last_error: Option<String>,
-    /// The outcome of the last apply that changed this service.
-    pub last_apply: Option<Outcome>,
+    /// The outcome of the last apply that changed this service (shared by all it changed).
+    pub last_apply: Option<std::sync::Arc<Outcome>>,
     pub rejected: u64,
     pub reconnects: u64,
 }
@@ -202,7 +202,7 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
     for (name, svc) in &s.services {
         rows.push([
             name.clone(),
-            svc.method.clone(),
+            svc.method.to_string(),
             svc.watcher.as_str().to_owned(),
             svc.backends.len().to_string(),
             svc.last_update.as_deref().map_or("-".into(), |t| ago(t, now)),
@@ -240,7 +240,7 @@ pub fn render_table(s: &Snapshot, now: SystemTime) -> String {
         if let Some(e) = &svc.last_error {
             let _ = writeln!(out, "\n{name}: last discovery problem: {e}");
         }
-        if let Some(Outcome { error: Some(e), .. }) = &svc.last_apply {
+        if let Some(Outcome { error: Some(e), .. }) = svc.last_apply.as_deref() {
             let _ = writeln!(out, "\n{name}: last apply failed: {e}");
         }
     }
@@ -285,7 +285,7 @@ mod tests {
                 backends: vec![BackendStatus { name: "a".into(), host: "127.0.0.1".into(), port: 8080, weight: Some(5), labels: Default::default() }].into(),
                 last_update: Some(timestamp(t0)),
                 last_error: None,
-                last_apply: Some(Outcome { at: timestamp(t0), outcome: "installed".into(), error: None }),
+                last_apply: Some(std::sync::Arc::new(Outcome { at: timestamp(t0), outcome: "installed".into(), error: None })),
                 rejected: 2,
                 reconnects: 0,
             }),

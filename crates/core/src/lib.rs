@@ -17,7 +17,7 @@ pub use desired::{
 };
 pub use diff::{diff, diff_scoped, Plan, ServerChange, ServerDiff};
 pub use model::{
-    Backend, BackendName, ConfigLine, Discovered, Host, Ident, InvalidValue, Port, ServerName,
+    Backend, BackendName, ConfigLine, Discovered, Host, Ident, InvalidValue, Interner, Port, ServerName,
     ServiceName, Weight,
 };
 pub use store::{Applied, Rejection, Store, StoreOptions, Update};

@@ -49,59 +49,34 @@ fn error_of(o: &HaOutcome) -> Option<String> {
     }
 }
 
+/// A service as the status shows it: its published entry itself, changed in place
+/// (`Arc::make_mut`: copied first when the last snapshot still shares it).
 struct Track {
-    method: &'static str,
-    watcher: WatcherState,
-    ever_synced: bool,
-    backends: RoutedList,
-    last_update: Option<String>,
-    last_error: Option<String>,
-    last_apply: Option<Outcome>,
-    rejected: u64,
-    reconnects: u64,
+    status: Arc<ServiceStatus>,
     /// Its servers in the desired state last applied (counted in `Observer::servers`).
     servers: usize,
-    /// The published status, rebuilt only when something above changed (`stale`).
-    status: Option<Arc<ServiceStatus>>,
-    stale: bool,
 }
 
 impl Track {
-    fn status(&mut self) -> Arc<ServiceStatus> {
-        if self.stale || self.status.is_none() {
-            self.stale = false;
-            self.status = Some(Arc::new(ServiceStatus {
-                method: self.method.to_owned(),
-                watcher: self.watcher,
-                synced: self.ever_synced,
-                backends: self.backends.clone(),
-                last_update: self.last_update.clone(),
-                last_error: self.last_error.clone(),
-                last_apply: self.last_apply.clone(),
-                rejected: self.rejected,
-                reconnects: self.reconnects,
-            }));
-        }
-        self.status.clone().expect("just set")
-    }
-
     fn new(loaded: &Loaded, name: &ServiceName) -> Self {
         let discovery = &loaded.services[name].discovery;
         let supported = discovery.supported();
-        Self {
-            method: discovery.method(),
+        let status = ServiceStatus {
+            method: discovery.method().into(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
-            ever_synced: !supported,
+            synced: !supported,
             backends: RoutedList::default(),
             last_update: None,
             last_error: None,
             last_apply: None,
             rejected: 0,
             reconnects: 0,
-            servers: 0,
-            status: None,
-            stale: true,
-        }
+        };
+        Self { status: Arc::new(status), servers: 0 }
+    }
+
+    fn edit(&mut self) -> &mut ServiceStatus {
+        Arc::make_mut(&mut self.status)
     }
 }
 
@@ -220,13 +195,12 @@ impl Observer {
                 self.services.insert(name.clone(), Track::new(loaded, name));
                 self.dirty.insert(name.clone());
             } else if restarted.contains(name) {
-                let t = self.services.get_mut(name).expect("present");
-                t.stale = true;
+                let t = self.services.get_mut(name).expect("present").edit();
                 self.dirty.insert(name.clone());
-                let fresh = Track::new(loaded, name);
-                t.method = fresh.method;
+                let fresh = Track::new(loaded, name).status;
+                t.method = fresh.method.clone();
                 t.watcher = fresh.watcher;
-                t.ever_synced |= fresh.ever_synced;
+                t.synced |= fresh.synced;
                 t.last_error = None;
             }
         }
@@ -253,11 +227,11 @@ impl Observer {
     /// A discovery update reached the store.
     pub fn update(&mut self, service: &ServiceName, applied: &Applied) {
         let Some(t) = self.services.get_mut(service) else { return };
-        t.stale = true;
+        let t = t.edit();
         self.dirty.insert(service.clone());
         t.watcher = WatcherState::Synced;
-        let first_sync = !t.ever_synced;
-        t.ever_synced = true;
+        let first_sync = !t.synced;
+        t.synced = true;
         if !applied.rejected.is_empty() {
             t.rejected += applied.rejected.len() as u64;
             self.metrics.rejected(service.as_str(), applied.rejected.len() as u64);
@@ -274,7 +248,7 @@ impl Observer {
     /// A discovery source reported a problem.
     pub fn problem(&mut self, service: &ServiceName, e: &SourceError) {
         let Some(t) = self.services.get_mut(service) else { return };
-        t.stale = true;
+        let t = t.edit();
         self.dirty.insert(service.clone());
         if e.is_entry() {
             t.rejected += 1;
@@ -292,7 +266,7 @@ impl Observer {
 
     pub fn disconnected(&mut self, service: &ServiceName) {
         let Some(t) = self.services.get_mut(service) else { return };
-        t.stale = true;
+        let t = t.edit();
         self.dirty.insert(service.clone());
         t.watcher = if matches!(t.watcher, WatcherState::Synced | WatcherState::Failing) { WatcherState::Disconnected } else { t.watcher };
         t.reconnects += 1;
@@ -313,7 +287,8 @@ impl Observer {
         }
         self.count_servers(desired, scope);
         let Some(outcome) = &report.outcome else { return };
-        let o = Outcome::now(word(outcome), error_of(outcome));
+        // One outcome, shared by every service this apply touched.
+        let o = Arc::new(Outcome::now(word(outcome), error_of(outcome)));
         self.metrics.apply(word(outcome));
         let first = self.last_apply.is_none();
         // Only the services this apply changed (or that still show a failed apply) are
@@ -330,11 +305,11 @@ impl Observer {
             if self.file_output.is_some() {
                 routed.insert(name.clone(), svc.routed(&known));
             }
+            let t = t.edit();
             t.backends = RoutedList::new(svc.clone(), &known);
-            t.stale = true;
             self.dirty.insert(name.clone());
             self.metrics.set_backends(name.as_str(), t.backends.len());
-            t.last_apply = Some(o.clone());
+            t.last_apply = Some(Arc::clone(&o));
             if o.is_ok() {
                 self.failed.remove(&name);
             } else {
@@ -342,7 +317,7 @@ impl Observer {
             }
         }
         let ok = o.is_ok();
-        self.last_apply = Some(o);
+        self.last_apply = Some(Arc::unwrap_or_clone(o));
         if ok {
             if let Some(t0) = self.first_change.take() {
                 self.metrics.update_to_apply(t0.elapsed().as_secs_f64());
@@ -526,7 +501,7 @@ impl Observer {
         for name in std::mem::take(&mut self.dirty) {
             match self.services.get_mut(&name) {
                 Some(t) => {
-                    let status = t.status();
+                    let status = Arc::clone(&t.status);
                     if status.synced {
                         self.unsynced.remove(&name);
                     } else {

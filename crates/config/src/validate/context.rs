@@ -1,8 +1,9 @@
-//! What validation carries along: the positions of every key, and the errors and notices found.
+//! What validation carries along: the positions of every key, the errors and notices found, and
+//! the text the backends of this load share.
 
 use std::path::PathBuf;
 
-use myelin_core::ConfigLine;
+use myelin_core::{ConfigLine, Interner};
 
 use crate::error::{ConfigError, Notice};
 use crate::position::{KeyPath, Pos, Positions};
@@ -15,11 +16,13 @@ pub(super) struct Ctx {
     pub positions: Positions,
     pub errors: Vec<ConfigError>,
     pub notices: Vec<Notice>,
+    /// The `default_servers` of every service share equal hosts and names.
+    pub interner: Interner,
 }
 
 impl Ctx {
     pub fn new(positions: Positions) -> Self {
-        Self { positions, errors: Vec::new(), notices: Vec::new() }
+        Self { positions, errors: Vec::new(), notices: Vec::new(), interner: Interner::default() }
     }
 
     /// The file and position of `path`'s node, or of its nearest ancestor in the file.

@@ -232,7 +232,7 @@ fn service_spec(cx: &mut Ctx, path: &KeyPath, name: &ServiceName, svc: &ServiceC
                     let key = if s.name.is_some() { at.key("name") } else { at };
                     cx.error(&key, format!("duplicate server name `{}`", b.name));
                 }
-                default_servers.push(b);
+                default_servers.push(cx.interner.backend(b));
             }
             Err((field, e)) => cx.error(&field.map_or(at.clone(), |f| at.key(f)), e),
         }
