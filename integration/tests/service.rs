@@ -103,6 +103,8 @@ fn admin_listener_status_metrics_notifications_and_file_output() {
     // (systemd follows that PID).
     let environ = std::fs::read(format!("/proc/{}/environ", myelin.pid())).unwrap();
     assert!(environ.split(|b| *b == 0).any(|v| v == b"MIMALLOC_PURGE_DELAY=0"), "{}", String::from_utf8_lossy(&environ));
+    // Still named myelin for ps, pidof and the journal.
+    assert_eq!(std::fs::read_to_string(format!("/proc/{}/comm", myelin.pid())).unwrap(), "myelin\n");
 
     // Not ready until discovery has synced.
     let (code, body) = get(admin, "/ready").unwrap();

@@ -191,9 +191,12 @@ fn purge_freed_memory_at_once() {
     }
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
-    // Only returns on failure; /proc/self/exe is this binary even if a package upgrade has
-    // replaced the file meanwhile.
-    let e = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env(PURGE_DELAY, "0").exec();
+    // The binary's own path (not /proc/self/exe, which would make the process's name `exe`
+    // for ps, pidof and the journal). `exec` only returns on failure.
+    let e = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe).arg0(arg0).args(args).env(PURGE_DELAY, "0").exec(),
+        Err(e) => e,
+    };
     eprintln!("warning: cannot start again with {PURGE_DELAY}=0 ({e}); going on without it: memory freed after a burst may stay resident until the next one");
 }
 
