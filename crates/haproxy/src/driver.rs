@@ -27,6 +27,21 @@ const DRAIN_TICK: Duration = Duration::from_millis(250);
 const DELETE_GRACE: Duration = Duration::from_secs(10);
 /// The first drift check after an apply.
 const FIRST_VERIFY: Duration = Duration::from_secs(1);
+
+/// What changed in HAProxy while a drift check read it.
+#[derive(Debug)]
+enum Overlap {
+    /// These backends, through the runtime API.
+    Backends(BTreeSet<BackendName>),
+    /// Everything: HAProxy was reloaded.
+    Reloaded,
+}
+
+impl Default for Overlap {
+    fn default() -> Self {
+        Self::Backends(BTreeSet::new())
+    }
+}
 /// A refused candidate is checked again after this, then after twice as long each time it is
 /// refused again, up to [`REFUSED_RETRY_MAX`]: what the check depends on (an `errorfile`, a
 /// certificate, the operator's `check_command`) may be fixed without a SIGHUP.
@@ -134,12 +149,11 @@ pub struct Driver {
     drain_check_at: Option<Instant>,
     verify_at: Option<Instant>,
     /// A drift check (`show servers state` read and compared with `applied` as it was then),
-    /// running beside the loop, and the count of changes made to HAProxy when it started.
+    /// running beside the loop.
     verifying: Option<JoinHandle<Result<Findings, Error>>>,
-    verifying_since: u64,
-    /// Changes made to HAProxy (runtime commands, reloads): a drift read that overlapped one is
-    /// stale and thrown away.
-    changes: u64,
+    /// What HAProxy was changed in while the check read it: what it finds there is a mix of
+    /// before and after, and is left out.
+    overlap: Overlap,
     /// haproxy.cfg lags what HAProxy runs (runtime API changes) and is to be written by then.
     file_due: Option<Instant>,
     /// Services changed since `applied` was last brought up to date.
@@ -168,8 +182,7 @@ impl Driver {
             drain_check_at: None,
             verify_at: None,
             verifying: None,
-            verifying_since: 0,
-            changes: 0,
+            overlap: Overlap::default(),
             file_due: None,
             unapplied: Scope::All,
             unrendered: Scope::All,
@@ -396,17 +409,25 @@ impl Driver {
         if self.reload_pending {
             return report;
         }
-        if self.changes != self.verifying_since {
-            // HAProxy changed while it was read: check again soon rather than act on a mix.
-            self.verify_at = Some(Instant::now() + FIRST_VERIFY);
-            return report;
+        let mut found = found;
+        match std::mem::take(&mut self.overlap) {
+            Overlap::Reloaded => {
+                // HAProxy was reloaded while it was read: check again soon rather than act on
+                // a mix.
+                self.verify_at = Some(Instant::now() + FIRST_VERIFY);
+                return report;
+            }
+            // Backends the runtime API changed meanwhile (each reply checked) are looked at
+            // again by the next check; the others' findings stand. So a steady stream of
+            // changes does not keep the check from concluding, nor repeat it every second.
+            Overlap::Backends(changed) => {
+                found.stuck.retain(|(b, _)| !changed.contains(b));
+                found.drift.retain(|(b, _)| !changed.contains(b));
+            }
         }
         // A server the data wants, held in a drain nobody is running (myelin killed while it
         // drained, or a drain by hand): back to ready through the runtime API (a reload would
         // restore the drain from the server-state file).
-        if !found.stuck.is_empty() {
-            self.changes += 1;
-        }
         for (backend, name) in found.stuck {
             match rt.set_state(&backend, &name, "ready").await {
                 Ok(()) => {
@@ -417,7 +438,7 @@ impl Driver {
             }
         }
         if !found.drift.is_empty() {
-            let shown: Vec<&String> = found.drift.iter().take(10).collect();
+            let shown: Vec<&String> = found.drift.iter().map(|(_, d)| d).take(10).collect();
             warn!(differences = found.drift.len(), first = ?shown, "HAProxy's servers differ from the desired state; repairing with a reload.");
             self.reload_pending = self.s.do_reloads;
         }
@@ -583,6 +604,13 @@ impl Driver {
         }
     }
 
+    /// The runtime API is changing `backends`: noted while a drift check reads HAProxy.
+    fn changed<'a>(&mut self, backends: impl IntoIterator<Item = &'a BackendName>) {
+        if let (Some(_), Overlap::Backends(changed)) = (&self.verifying, &mut self.overlap) {
+            changed.extend(backends.into_iter().cloned());
+        }
+    }
+
     fn schedule_drain_check(&mut self) {
         self.drain_check_at = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
     }
@@ -591,7 +619,7 @@ impl Driver {
     /// connection of the stats socket.
     async fn run_ops(&mut self, ops: &[Op], report: &mut Report) -> Result<(), Error> {
         let Some(rt) = self.runtime.clone() else { return Ok(()) };
-        self.changes += 1;
+        self.changed(ops.iter().map(Op::backend));
         let mut commands = Vec::new();
         for op in ops {
             match op {
@@ -658,7 +686,7 @@ impl Driver {
         if due.is_empty() {
             return self.schedule_drain_check();
         }
-        self.changes += 1;
+        self.changed(due.iter().map(|((b, _), _)| b));
         // All of them on one connection; when one fails, each on its own, to know which.
         let batch: Vec<_> = due.iter().flat_map(|((b, n), _)| remove_commands(b, n)).collect();
         if let Ok(n) = rt.run(&batch).await {
@@ -698,7 +726,7 @@ impl Driver {
         }
         let (rt, applied) = (rt.clone(), applied.clone());
         let draining: BTreeSet<(BackendName, ServerName)> = self.draining.keys().cloned().collect();
-        self.verifying_since = self.changes;
+        self.overlap = Overlap::default();
         self.verifying = Some(tokio::spawn(async move { rt.servers_state_then(move |observed| check(&applied, &observed, &draining)).await }));
     }
 
@@ -706,7 +734,9 @@ impl Driver {
     /// appear), or `reload_command`.
     async fn reload(&mut self, desired: &DesiredState) -> Result<(), String> {
         let now = Instant::now();
-        self.changes += 1;
+        if self.verifying.is_some() {
+            self.overlap = Overlap::Reloaded;
+        }
         self.gate.record(now);
         if let (Some(path), true) = (&self.s.server_state_file, self.runtime_failing) {
             // A stale state file could bring back old weights or drains: none is better.
@@ -962,16 +992,35 @@ mod tests {
         let mut d = driver(dir.path(), "true", "true", Some(dir.path().join("no-such.sock")));
         d.apply_all(&state(&[1])).await;
         assert!(!d.wants_apply());
-        let drifted = || Findings { stuck: vec![], drift: vec!["web/s1 is missing".into()] };
-        // A change reached HAProxy while the check read it: its findings are a mix, dropped.
-        d.verifying_since = d.changes;
-        d.changes += 1;
+        let web = BackendName::parse("web").unwrap();
+        let drifted = || Findings { stuck: vec![], drift: vec![(BackendName::parse("web").unwrap(), "web/s1 is missing".into())] };
+        let in_flight = |d: &mut Driver| d.verifying = Some(tokio::spawn(async { Ok(Findings::default()) }));
+        // The runtime API changed web while the check read it: what it found there is a mix,
+        // left out, and nothing is owed.
+        in_flight(&mut d);
+        d.overlap = Overlap::default();
+        d.changed([&web]);
         let r = d.verified(Ok(Ok(drifted()))).await;
         assert!(r.runtime_ok && !d.wants_apply(), "{r:?}");
-        // Nothing changed meanwhile: the difference is repaired with a reload.
-        d.verifying_since = d.changes;
+        // Another backend changed meanwhile: web's difference stands and is repaired with a
+        // reload.
+        in_flight(&mut d);
+        d.overlap = Overlap::default();
+        d.changed([&BackendName::parse("api").unwrap()]);
         d.verified(Ok(Ok(drifted()))).await;
         assert!(d.wants_apply());
+        // HAProxy reloaded meanwhile: nothing is concluded, and the check runs again soon.
+        let mut d = driver(dir.path(), "true", "true", Some(dir.path().join("no-such.sock")));
+        d.apply_all(&state(&[1])).await;
+        in_flight(&mut d);
+        d.overlap = Overlap::Reloaded;
+        d.verified(Ok(Ok(drifted()))).await;
+        assert!(!d.wants_apply());
+        assert!(d.verify_at.is_some_and(|at| at <= Instant::now() + FIRST_VERIFY));
+        // Changes while no check runs are not recorded.
+        d.verifying = None;
+        d.changed([&web]);
+        assert!(matches!(&d.overlap, Overlap::Backends(b) if b.is_empty()));
     }
 
     /// A stand-in for HAProxy's stats socket: answers the runtime API commands myelin sends

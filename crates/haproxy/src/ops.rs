@@ -13,6 +13,14 @@ pub enum Op {
     Drain { backend: BackendName, name: ServerName },
 }
 
+impl Op {
+    pub fn backend(&self) -> &BackendName {
+        match self {
+            Op::Add { backend, .. } | Op::Update { backend, .. } | Op::Drain { backend, .. } => backend,
+        }
+    }
+}
+
 /// The runtime operations that carry out `plan` (computed towards `desired`), or `None` when the
 /// plan needs a reload. Removals come first.
 pub fn runtime_ops(plan: &Plan, desired: &DesiredState) -> Option<Vec<Op>> {

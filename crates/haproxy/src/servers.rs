@@ -92,7 +92,8 @@ pub fn stuck_draining(applied: &DesiredState, observed: &[ServerState], draining
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Findings {
     pub stuck: Vec<(BackendName, ServerName)>,
-    pub drift: Vec<String>,
+    /// Each difference, with the backend it is in.
+    pub drift: Vec<(BackendName, String)>,
 }
 
 /// Compare what HAProxy reports with `applied`, servers in `draining` excepted: run where the
@@ -139,7 +140,7 @@ pub fn servers_running(mut current: DesiredState, desired: &DesiredState, observ
 /// description of each, empty when they agree. Only membership, address, port and weight are
 /// compared; an operator's maintenance or drain is not undone. `observed` is indexed by backend
 /// once, so the cost is linear in the fleet.
-pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &BTreeSet<(BackendName, ServerName)>) -> Vec<String> {
+pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &BTreeSet<(BackendName, ServerName)>) -> Vec<(BackendName, String)> {
     let mut by_backend: BTreeMap<&str, BTreeMap<&str, &ServerState>> = BTreeMap::new();
     for o in observed {
         by_backend.entry(o.backend.as_str()).or_default().insert(o.name.as_str(), o);
@@ -148,24 +149,25 @@ pub fn drift(applied: &DesiredState, observed: &[ServerState], draining: &BTreeS
     let mut out = Vec::new();
     let empty = BTreeMap::new();
     for svc in applied.services.values() {
-        let be = svc.shape.backend_name.as_str();
+        let backend = &svc.shape.backend_name;
+        let be = backend.as_str();
         let seen = by_backend.get(be).unwrap_or(&empty);
         for (name, s) in &svc.servers {
             match seen.get(name.as_str()) {
-                None => out.push(format!("{be}/{name} is missing")),
+                None => out.push((backend.clone(), format!("{be}/{name} is missing"))),
                 Some(o) => {
                     if o.port != s.port.get() || (s.host.as_str().parse::<std::net::IpAddr>().is_ok() && o.addr != s.host.as_str()) {
-                        out.push(format!("{be}/{name} is at {}:{}, not {}:{}", o.addr, o.port, s.host, s.port));
+                        out.push((backend.clone(), format!("{be}/{name} is at {}:{}, not {}:{}", o.addr, o.port, s.host, s.port)));
                     }
                     if o.weight != weight_of(s) {
-                        out.push(format!("{be}/{name} has weight {}, not {}", o.weight, weight_of(s)));
+                        out.push((backend.clone(), format!("{be}/{name} has weight {}, not {}", o.weight, weight_of(s))));
                     }
                 }
             }
         }
         for name in seen.keys() {
             if !svc.servers.keys().any(|k| k.as_str() == *name) && !is_draining(&svc.shape.backend_name, name) {
-                out.push(format!("{be}/{name} should not be there"));
+                out.push((backend.clone(), format!("{be}/{name} should not be there")));
             }
         }
     }
