@@ -60,7 +60,8 @@ fn main() -> Result<()> {
         let (t0, t0_wall) = (Instant::now(), SystemTime::now());
         if std::env::var_os("BENCH_LOG").is_some() {
             let wall = t0_wall.duration_since(UNIX_EPOCH).unwrap_or_default();
-            eprintln!("bench: round {round} docker stop started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
+            let how = if by_api { "API stop" } else { "docker stop" };
+            eprintln!("bench: round {round} {how} started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
         }
         let stopper = if by_api {
             let (api, id) = (api.clone(), id.clone());

@@ -340,7 +340,8 @@ impl Env {
     /// As [`Env::start_myelin`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub fn start_myelin_env(&self, config: &Path, vars: &[(&str, &str)]) -> Result<Proc> {
         let mut cmd = Command::new(myelin_bin());
-        cmd.args(["run", "-c", config.to_str().unwrap()]).env("MYELIN_LOG", "info,myelin=debug");
+        // The daemon's own allocator setting, whatever the runner's environment says.
+        cmd.args(["run", "-c", config.to_str().unwrap()]).env("MYELIN_LOG", "info,myelin=debug").env_remove("MIMALLOC_PURGE_DELAY");
         for (k, v) in vars {
             cmd.env(k, v);
         }

@@ -227,6 +227,41 @@ mod tests {
     }
 
     #[test]
+    fn each_difference_names_its_backend() {
+        use myelin_core::{BackendOrder, DesiredService, Host, Port, Server, ServiceName, ServiceShape};
+        let server = |n: &str, w: Option<u16>| Server {
+            name: ServerName::parse(n).unwrap(),
+            host: Host::parse("127.0.0.1").unwrap(),
+            port: Port::new(1).unwrap(),
+            weight: w.map(|w| Weight::parse(&w.to_string()).unwrap()),
+            options: None,
+        };
+        let service = |backend: &str, servers: Vec<Server>| {
+            let shape = ServiceShape { frontend: None, backend_name: BackendName::parse(backend).unwrap(), backend_lines: vec![], order: BackendOrder::Asc };
+            let servers = servers.into_iter().map(|s| (s.name.clone(), s)).collect();
+            (ServiceName::parse(&format!("svc-{backend}")).unwrap(), std::sync::Arc::new(DesiredService { shape, servers }))
+        };
+        let applied = DesiredState {
+            services: [service("web", vec![server("a", None), server("b", None)]), service("api", vec![server("c", Some(3)), server("d", None)])].into(),
+            ..Default::default()
+        };
+        let st = |be: &str, n: &str, port: u16, weight: u16| ServerState { backend: be.into(), name: n.into(), addr: "127.0.0.1".into(), port, admin_state: 0, weight };
+        // web: a missing, x not wanted; api: c at another port with another weight; b, d right.
+        let observed = [st("web", "b", 1, 1), st("web", "x", 1, 1), st("api", "c", 2, 1), st("api", "d", 1, 1)];
+        let found = drift(&applied, &observed, &BTreeSet::new());
+        let tagged: Vec<(&str, &str)> = found.iter().map(|(b, d)| (b.as_str(), d.as_str())).collect();
+        assert_eq!(
+            tagged,
+            [
+                ("api", "api/c is at 127.0.0.1:2, not 127.0.0.1:1"),
+                ("api", "api/c has weight 1, not 3"),
+                ("web", "web/a is missing"),
+                ("web", "web/x should not be there"),
+            ]
+        );
+    }
+
+    #[test]
     fn parses_servers_state() {
         let s = parse_servers_state(STATE).unwrap();
         assert_eq!(s.len(), 2);

@@ -13,9 +13,10 @@ mod watchers;
 /// mimalloc rather than glibc's malloc: start-up builds and frees large transient structures
 /// (the parsed configuration, the first render), and glibc keeps that memory resident; mimalloc
 /// returns freed pages to the system and allocates faster. Its v2 line (the crate's `v2`
-/// feature) returns them 10 ms after they are freed; v3 waits a second and then only acts when
-/// the allocator is next called, which an idle daemon may not do for minutes (10,000 services
-/// idle after start-up: 100 MB resident with v2, 88-124 MB with v3 depending on that timing).
+/// feature) is used: with its default options, as v3, it only returns them when the thread
+/// that freed them calls the allocator again, which an idle daemon may not do for minutes;
+/// `run` therefore sets its purge delay to 0 ([`purge_freed_memory_at_once`]), which v2 obeys
+/// at the free itself.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -184,28 +185,30 @@ fn print_error(text: &str) {
 /// `MIMALLOC_PURGE_DELAY=0`; a value the environment already has (an operator's) is kept.
 const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
 
-fn purge_freed_memory_at_once() {
+///
+/// Returns only when it did not start again: why, when that failed.
+fn purge_freed_memory_at_once() -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
     if std::env::var_os(PURGE_DELAY).is_some() {
-        return;
+        return None;
     }
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
     // The binary's own path (not /proc/self/exe, which would make the process's name `exe`
     // for ps, pidof and the journal). `exec` only returns on failure.
-    let e = match std::env::current_exe() {
+    Some(match std::env::current_exe() {
         Ok(exe) => std::process::Command::new(exe).arg0(arg0).args(args).env(PURGE_DELAY, "0").exec(),
         Err(e) => e,
-    };
-    eprintln!("warning: cannot start again with {PURGE_DELAY}=0 ({e}); going on without it: memory freed after a burst may stay resident until the next one");
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run { .. }) {
-        purge_freed_memory_at_once();
-    }
+    let not_restarted = if matches!(cli.command, Command::Run { .. }) { purge_freed_memory_at_once() } else { None };
     init_logging(cli.log_format);
+    if let Some(e) = not_restarted {
+        tracing::warn!("Cannot start again with {PURGE_DELAY}=0 ({e}); going on without it: memory freed after a burst may stay resident until the next one.");
+    }
     // Many sources, connections and files at once: the soft descriptor limit (often 1024) is
     // raised to the hard one, as servers do.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
