@@ -2,7 +2,7 @@
 //! through etcd (the two "hosts" of `myelin_integration::fleet`: two private Docker engines,
 //! two myelins, two HAProxies, the suite's three-member etcd cluster).
 //!
-//! Over 20 rounds (`BENCH_ROUNDS`):
+//! Over 40 rounds (`BENCH_ROUNDS` of each way of stopping, 20 by default):
 //! - routed: from `docker run` returning on host A to the first response from the new
 //!   container through host B's HAProxy;
 //! - withdrawn: from the stop being asked of A's engine to the container's server no longer
@@ -41,6 +41,7 @@ fn main() -> Result<()> {
     let mut stops = [Stops::default(), Stops::default()];
     for round in 0..2 * rounds {
         let by_api = round % 2 == 0;
+        let how = if by_api { "API stop" } else { "docker stop" };
         let direct = free_port();
         let c = fleet.a.engine.run(&fleet.label, &format!("127.0.0.1:{direct}:8000"), &[])?;
         let ran = c.started;
@@ -60,7 +61,6 @@ fn main() -> Result<()> {
         let (t0, t0_wall) = (Instant::now(), SystemTime::now());
         if std::env::var_os("BENCH_LOG").is_some() {
             let wall = t0_wall.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let how = if by_api { "API stop" } else { "docker stop" };
             eprintln!("bench: round {round} {how} started at unix {}.{:09}", wall.as_secs(), wall.subsec_nanos());
         }
         let stopper = if by_api {
@@ -83,7 +83,6 @@ fn main() -> Result<()> {
         s.to_kill.push(kill);
         s.kill_to_out.push((out - t0).saturating_sub(kill));
         drop(c);
-        let how = if by_api { "API stop" } else { "docker stop" };
         eprintln!("round {:2}: routed by B {:?} after run, out of B's rotation {:?} after {how}", round + 1, at - ran, out - t0);
     }
     if std::env::var_os("BENCH_LOG").is_some() {
@@ -92,13 +91,11 @@ fn main() -> Result<()> {
     println!("\nmyelin many-hosts benchmark: {} rounds ({rounds} stopped through the API, {rounds} by `docker stop`), host A's engine -> A's myelin -> etcd (3 members) -> B's myelin -> B's HAProxy (runtime API)", 2 * rounds);
     summary("docker run on A -> routed by B", routed);
     summary("A's port answering directly -> routed by B", ready_to_routed);
-    let [by_api, by_cli] = stops;
-    summary("stop asked of A's engine (API) -> out of B", by_api.withdrawn);
-    summary("  of it: API stop -> A's kill event", by_api.to_kill);
-    summary("  of it: A's kill event -> out of B", by_api.kill_to_out);
-    summary("docker stop on A started -> out of B", by_cli.withdrawn);
-    summary("  of it: docker stop -> A's kill event", by_cli.to_kill);
-    summary("  of it: A's kill event -> out of B", by_cli.kill_to_out);
+    for ((whole, start), s) in [("stop asked of A's engine (API)", "API stop"), ("docker stop on A started", "docker stop")].into_iter().zip(stops) {
+        summary(&format!("{whole} -> out of B"), s.withdrawn);
+        summary(&format!("  of it: {start} -> A's kill event"), s.to_kill);
+        summary("  of it: A's kill event -> out of B", s.kill_to_out);
+    }
     Ok(())
 }
 

@@ -94,6 +94,9 @@ fn a_hundred_membership_changes_under_load_without_a_reload() {
     // Drains finish within drain_timeout: then HAProxy lists exactly the file's backends.
     let want: Vec<(String, u16, u16)> = members.iter().map(|(i, w)| (pool[*i].name.clone(), pool[*i].port, *w)).collect();
     assert!(wait_for(Duration::from_secs(10), || env.servers("web").is_ok_and(|s| s == want)).is_some(), "{:?} != {want:?}", env.servers("web"));
+    // The walk can take under a second: the load goes on for 2 s in all, so that it makes its
+    // hundred requests however fast the changes went through.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(t0.elapsed()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (requests, failed, why) = load.join().unwrap();
     let reloads = env.reloads().unwrap() - reloads_before;

@@ -86,23 +86,35 @@ fn entries(env: &Env, service: &str) -> Option<Vec<String>> {
     Some(v.as_array().unwrap().iter().map(|e| format!("{}={}:{}", e["name"].as_str().unwrap(), e["host"].as_str().unwrap(), e["port"])).collect())
 }
 
+/// myelin running service `web` (see [`config`], written to `myelin.yaml`) with `vars` in its
+/// environment, its admin listener answering: the listener's port and the process.
+fn start_web(env: &Env, vars: &[(&str, &str)]) -> (u16, myelin_integration::Proc) {
+    let admin = free_port();
+    let cfg = env.path("myelin.yaml");
+    std::fs::write(&cfg, config(env, "web", admin)).unwrap();
+    let myelin = env.start_myelin_env(&cfg, vars).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || get(admin, "/health").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    (admin, myelin)
+}
+
+/// The variables of `pid`'s environment named `name`, as `NAME=value`.
+fn environ(pid: u32, name: &str) -> Vec<String> {
+    let all = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let prefix = format!("{name}=");
+    all.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).filter(|v| v.starts_with(&prefix)).collect()
+}
+
 #[test]
 fn admin_listener_status_metrics_notifications_and_file_output() {
     let env = Env::new();
-    let admin = free_port();
-    let cfg = env.path("myelin.yaml");
-    std::fs::write(&cfg, config(&env, "web", admin)).unwrap();
     let mut notes = Notifications::bind(&env.path("notify.sock"));
     let notify = env.path("notify.sock");
     // The discovery file does not exist yet: the service cannot sync.
-    let mut myelin = env
-        .start_myelin_env(&cfg, &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", "200000")])
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(5), || get(admin, "/health").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
+    let (admin, mut myelin) = start_web(&env, &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", "200000")]);
+    let cfg = env.path("myelin.yaml");
     // The daemon runs with mimalloc returning freed memory at once, in the process started
     // (systemd follows that PID).
-    let environ = std::fs::read(format!("/proc/{}/environ", myelin.pid())).unwrap();
-    assert!(environ.split(|b| *b == 0).any(|v| v == b"MIMALLOC_PURGE_DELAY=0"), "{}", String::from_utf8_lossy(&environ));
+    assert_eq!(environ(myelin.pid(), "MIMALLOC_PURGE_DELAY"), ["MIMALLOC_PURGE_DELAY=0"]);
     // Still named myelin for ps, pidof and the journal.
     assert_eq!(std::fs::read_to_string(format!("/proc/{}/comm", myelin.pid())).unwrap(), "myelin\n");
 
@@ -226,14 +238,8 @@ fn a_taken_admin_port_stops_the_start_with_a_clear_error() {
 #[test]
 fn an_operators_mimalloc_purge_delay_is_kept() {
     let env = Env::new();
-    let admin = free_port();
-    let cfg = env.path("myelin.yaml");
-    std::fs::write(&cfg, config(&env, "web", admin)).unwrap();
-    let myelin = env.start_myelin_env(&cfg, &[("MIMALLOC_PURGE_DELAY", "25")]).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || get(admin, "/health").is_ok_and(|r| r.0 == 200)).is_some(), "{}", myelin.log());
-    let environ = std::fs::read(format!("/proc/{}/environ", myelin.pid())).unwrap();
-    let purge: Vec<_> = environ.split(|b| *b == 0).filter(|v| v.starts_with(b"MIMALLOC_PURGE_DELAY=")).collect();
-    assert_eq!(purge, [b"MIMALLOC_PURGE_DELAY=25"], "{}", String::from_utf8_lossy(&environ));
+    let (_, myelin) = start_web(&env, &[("MIMALLOC_PURGE_DELAY", "25")]);
+    assert_eq!(environ(myelin.pid(), "MIMALLOC_PURGE_DELAY"), ["MIMALLOC_PURGE_DELAY=25"]);
 }
 
 #[test]

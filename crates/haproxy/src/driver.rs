@@ -27,7 +27,6 @@ const DRAIN_TICK: Duration = Duration::from_millis(250);
 const DELETE_GRACE: Duration = Duration::from_secs(10);
 /// The first drift check after an apply.
 const FIRST_VERIFY: Duration = Duration::from_secs(1);
-
 /// A refused candidate is checked again after this, then after twice as long each time it is
 /// refused again, up to [`REFUSED_RETRY_MAX`]: what the check depends on (an `errorfile`, a
 /// certificate, the operator's `check_command`) may be fixed without a SIGHUP.

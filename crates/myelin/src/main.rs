@@ -173,6 +173,9 @@ fn print_error(text: &str) {
     }
 }
 
+/// The environment variable mimalloc reads its purge delay from.
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+
 /// mimalloc hands a freed span back to the system only once `purge_delay` (10 ms) has passed
 /// *and* the thread that owns it calls the allocator again: a thread that goes idle right after
 /// a burst (the daemon loop after an apply, a blocking-pool thread after a configuration load)
@@ -183,8 +186,6 @@ fn print_error(text: &str) {
 /// starts, and setting one from Rust is a foreign call (unsafe code, which myelin's crates
 /// forbid), so `run` starts itself again, same process and arguments, with
 /// `MIMALLOC_PURGE_DELAY=0`; a value the environment already has (an operator's) is kept.
-const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
-
 ///
 /// Returns only when it did not start again: why, when that failed.
 fn purge_freed_memory_at_once() -> Option<std::io::Error> {
@@ -231,11 +232,11 @@ fn main() -> ExitCode {
     // One thread runs every task (the daemon loop, the watchers, the admin listener): a change
     // is handed from task to task without waking another thread, which costs more than the work
     // of a change on a small host. Blocking work (file writes, `haproxy -c`) goes to the blocking
-    // pool; inotify has its own thread. A blocking-pool thread idle for 2 s ends, and with it
-    // what its allocator holds: a drift check reads and compares a fleet-sized reply there
-    // (about 20 MB at 100,000 servers), which tokio's default of 10 s kept resident that long.
-    // Not less: haproxy.cfg follows the runtime API once a second, and a thread would then be
-    // started for every write.
+    // pool; inotify has its own thread. A blocking-pool thread idle for 2 s ends (tokio's
+    // default is 10 s): with a purge delay an operator set, what it freed (a drift check reads
+    // and compares a fleet-sized reply there, about 20 MB at 100,000 servers) goes back then at
+    // the latest. Not less: haproxy.cfg follows the runtime API once a second, and a thread
+    // would then be started for every write.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().thread_keep_alive(std::time::Duration::from_secs(2)).build() {
         Ok(r) => r,
         Err(e) => {

@@ -59,9 +59,14 @@ struct Track {
 
 impl Track {
     fn new(loaded: &Loaded, name: &ServiceName) -> Self {
+        Self { status: Arc::new(Self::fresh(loaded, name)), servers: 0 }
+    }
+
+    /// The status of a service whose watcher was just started.
+    fn fresh(loaded: &Loaded, name: &ServiceName) -> ServiceStatus {
         let discovery = &loaded.services[name].discovery;
         let supported = discovery.supported();
-        let status = ServiceStatus {
+        ServiceStatus {
             method: discovery.method().into(),
             watcher: if supported { WatcherState::Starting } else { WatcherState::Unsupported },
             synced: !supported,
@@ -71,8 +76,7 @@ impl Track {
             last_apply: None,
             rejected: 0,
             reconnects: 0,
-        };
-        Self { status: Arc::new(status), servers: 0 }
+        }
     }
 
     fn edit(&mut self) -> &mut ServiceStatus {
@@ -197,8 +201,8 @@ impl Observer {
             } else if restarted.contains(name) {
                 let t = self.services.get_mut(name).expect("present").edit();
                 self.dirty.insert(name.clone());
-                let fresh = Track::new(loaded, name).status;
-                t.method = fresh.method.clone();
+                let fresh = Track::fresh(loaded, name);
+                t.method = fresh.method;
                 t.watcher = fresh.watcher;
                 t.synced |= fresh.synced;
                 t.last_error = None;
