@@ -10,7 +10,8 @@
 #
 # Client ports 23791-23793, peer ports 23801-23803 (with $MYELIN_ETCD_PORT_BASE=N: N+1..N+3 and
 # N+11..N+13, for a second cluster beside the first): below Linux's ephemeral range
-# (32768-60999), so no port the tests pick with port 0 can take them. The client endpoints are
+# (32768-60999), from which the kernel and Docker hand out ports, and below the 24000-32767 the
+# tests' free_port() picks from, so neither can take them. The client endpoints are
 # written to $MYELIN_ETCD_DIR/endpoints (one per line) for the tests to read.
 set -euo pipefail
 dir=${MYELIN_ETCD_DIR:-/tmp/myelin-etcd}

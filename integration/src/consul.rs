@@ -135,9 +135,11 @@ pub struct Consul {
 }
 
 impl Consul {
-    /// Start on a free port of 127.0.0.1 with the index at `index`.
+    /// Start on a free port of 127.0.0.1 with the index at `index`: one of [`crate::free_port`]'s,
+    /// so that while [`Consul::restart`] has it closed no container or outgoing connection
+    /// is given it.
     pub fn start(index: u64) -> Self {
-        Self::serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), index)
+        Self::serve_on(TcpListener::bind(("127.0.0.1", crate::free_port())).unwrap(), index)
     }
 
     fn serve_on(listener: TcpListener, index: u64) -> Self {

@@ -31,9 +31,27 @@ pub fn myelin_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768-60999), from which both the
+/// kernel (for port 0 and outgoing connections) and Docker (for `-p 127.0.0.1::PORT`) take
+/// ports, and above the fixed ports of the suite's own components (ZooKeeper 21810, the Docker
+/// engines' TLS ports 2376x, etcd 2379x-2381x).
+const TEST_PORTS: std::ops::Range<u16> = 24000..32768;
+
+/// A TCP port on 127.0.0.1 that was free when asked and that nothing else hands out meanwhile:
+/// a port taken with port 0 and let go is the kernel's and Docker's to give to the next caller
+/// (a container published while a test set up its HAProxy took its frontend port once). Each
+/// call in a process returns a different port; processes start at different places in the range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
+    let len = u64::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(u64::MAX, u64::from(std::process::id()) * 7919 % len, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..len {
+        let port = TEST_PORTS.start + (NEXT.fetch_add(1, Ordering::SeqCst) % len) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {TEST_PORTS:?}");
 }
 
 /// A tiny HTTP server on 127.0.0.1 that answers every request with its name.
