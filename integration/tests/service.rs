@@ -9,27 +9,33 @@ use std::time::Duration;
 use myelin_integration::{free_port, get, wait_for, Env};
 use serde_json::Value;
 
-/// What systemd would receive on NOTIFY_SOCKET.
+/// What systemd would receive on NOTIFY_SOCKET. Read all the time, as systemd does: a
+/// datagram socket holds only `net.unix.max_dgram_qlen` (10 here) unread messages, and the
+/// daemon's next notification would wait for room.
 struct Notifications {
-    sock: UnixDatagram,
+    rx: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Notifications {
     fn bind(path: &Path) -> Self {
         let sock = UnixDatagram::bind(path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        Self { sock, seen: Vec::new() }
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads until the socket fails or a message finds the test gone; left blocked on the
+        // socket when neither happens, until the test binary exits.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { rx, seen: Vec::new() }
     }
 
     fn drain(&mut self) {
-        let mut buf = [0u8; 4096];
-        for _ in 0..1000 {
-            match self.sock.recv(&mut buf) {
-                Ok(n) => self.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                Err(_) => return,
-            }
-        }
+        self.seen.extend(self.rx.try_iter());
     }
 
     /// Wait until a message (after those already consumed) contains every one of `parts`;

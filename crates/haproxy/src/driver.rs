@@ -845,6 +845,7 @@ mod tests {
                 check_command: Some(sh(check)),
                 haproxy_bin: "haproxy".into(),
                 timeout: Duration::from_secs(5),
+                written: Default::default(),
             },
             do_reloads: true,
             reload_command: Some(sh(&format!("echo x >> {}; {reload}", dir.join("reloads").display()))),

@@ -27,7 +27,7 @@ pub use ops::{runtime_ops, Op};
 pub use runtime::{commands_of, remove_commands, state_command, update_commands, Command, Runtime};
 pub use servers::{check, drift, parse_servers_state, parse_stat_sessions, servers_running, stuck_draining, Findings, ServerState, ADMIN_FORCED_DRAIN};
 pub use state_file::filter_state_file;
-pub use writer::{write_atomic, InstallOutcome, Writer};
+pub use writer::{write_atomic, InstallOutcome, Writer, Written};
 
 use std::path::PathBuf;
 

@@ -73,6 +73,18 @@ impl Rendered {
         self.parts.iter().map(|p| &**p)
     }
 
+    /// Whether the two hold the same text: piece by piece when they are cut alike (pieces that
+    /// are the same `Arc` are not read), else byte by byte.
+    pub fn same_text(&self, other: &Rendered) -> bool {
+        if self.len != other.len {
+            return false;
+        }
+        if self.parts.len() == other.parts.len() && self.parts.iter().zip(&other.parts).all(|(a, b)| a.len() == b.len()) {
+            return self.parts.iter().zip(&other.parts).all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
+        }
+        self.parts().flat_map(str::bytes).eq(other.parts().flat_map(str::bytes))
+    }
+
     /// Write the whole text to `w`, up to [`WRITE_BATCH`] pieces per vectored write.
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         for batch in self.parts.chunks(WRITE_BATCH) {

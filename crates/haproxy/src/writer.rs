@@ -1,5 +1,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::debug;
@@ -33,6 +34,59 @@ pub struct Writer {
     pub check_command: Option<Vec<String>>,
     pub haproxy_bin: PathBuf,
     pub timeout: Duration,
+    /// What this writer (and its clones) last installed: compared in memory while the file is
+    /// as it left it.
+    pub written: Written,
+}
+
+/// The config a writer last installed, and the file as it was then (device, inode, length,
+/// modification time, taken from the file written before it was renamed into place). While
+/// the file still has that identity, whether it holds a config is a comparison in memory (the
+/// pieces are mostly the same `Arc`s), not a read of the file (4 MB at 100,000 servers); a
+/// file replaced or written by anyone else has another identity and is read. (Not seen: a
+/// rewrite in place to the same length within the file system's timestamp granularity, a
+/// few milliseconds, or one that sets the old modification time back.)
+#[derive(Clone, Default)]
+pub struct Written(Arc<Mutex<Option<(FileId, Rendered)>>>);
+
+impl std::fmt::Debug for Written {
+    /// The file's identity and the text's length, not the text (4 MB at 100,000 servers).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.lock() {
+            Some((id, text)) => write!(f, "Written({id:?}, {} bytes)", text.len()),
+            None => f.write_str("Written(nothing)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: (m.mtime(), m.mtime_nsec()) }
+    }
+}
+
+impl Written {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FileId, Rendered)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the file at `path` holds `config`, if it is still the file last written.
+    fn holds(&self, path: &Path, config: &Rendered) -> Option<bool> {
+        let now = FileId::of(&std::fs::metadata(path).ok()?);
+        match &*self.lock() {
+            Some((id, last)) if *id == now => Some(last.same_text(config)),
+            _ => None,
+        }
+    }
 }
 
 impl Writer {
@@ -44,10 +98,14 @@ impl Writer {
         sibling(&self.path, ".rejected")
     }
 
-    /// Whether the file on disk holds exactly `config`: a file of another length is not read,
-    /// and one of the same length only up to its first difference, a block at a time.
+    /// Whether the file on disk holds exactly `config`: compared in memory while the file is
+    /// the one this writer last installed ([`Written`]); otherwise a file of another length is
+    /// not read, and one of the same length only up to its first difference, a block at a time.
     pub fn is_current(&self, config: &Rendered) -> bool {
         use std::io::Read;
+        if let Some(known) = self.written.holds(&self.path, config) {
+            return known;
+        }
         let Ok(mut f) = std::fs::File::open(&self.path) else { return false };
         if f.metadata().map_or(true, |m| m.len() != config.len() as u64) {
             return false;
@@ -149,7 +207,7 @@ impl Writer {
                 write_plain(&w.candidate_path(), &config)?;
                 return Ok(Step::Check(config));
             }
-            write_atomic_by(&w.path, |f| config.write_to(f))?;
+            w.install_file(config)?;
             Ok(Step::Done(InstallOutcome::Installed))
         })
         .await?;
@@ -158,9 +216,26 @@ impl Writer {
             Step::Check(config) => config,
         };
         self.check_candidate().await?;
-        let target = self.path.clone();
-        blocking(move || write_atomic_by(&target, |f| config.write_to(f))).await?;
+        let w = self.clone();
+        blocking(move || w.install_file(config)).await?;
         Ok(InstallOutcome::Installed)
+    }
+
+    /// Replace the target with `config` ([`write_atomic`]) and remember it ([`Written`]).
+    fn install_file(&self, config: Rendered) -> Result<(), Error> {
+        let mut id = None;
+        let written = write_atomic_by(&self.path, |f| {
+            config.write_to(f)?;
+            f.flush()?;
+            id = Some(FileId::of(&f.as_file().metadata()?));
+            Ok(())
+        });
+        // Forgotten first: a failed write may have left anything.
+        let mut last = self.written.lock();
+        *last = None;
+        written?;
+        *last = id.map(|id| (id, config));
+        Ok(())
     }
 
     /// Validate a config file without installing it.
@@ -244,6 +319,7 @@ mod tests {
             check_command: Some(vec!["/bin/sh".into(), "-c".into(), check.into()]),
             haproxy_bin: "haproxy".into(),
             timeout: Duration::from_secs(5),
+            written: Written::default(),
         }
     }
 
@@ -277,6 +353,49 @@ mod tests {
         assert!(w.is_current(&"".into()));
         assert!(w.is_current(&Rendered::default()));
         assert!(!w.is_current(&"a".into()));
+    }
+
+    /// After an install, the file it wrote is compared in memory; a file written or replaced
+    /// by anyone else since is read.
+    #[tokio::test]
+    async fn what_was_installed_is_known_until_someone_else_writes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(dir.path(), "true");
+        let text = "global\n    maxconn 100\n";
+        let (same, other) = (cut(text, 5), cut(&text.replace("100", "200"), 7));
+        assert_eq!(w.install_accepted(cut(text, 4)).await.unwrap(), InstallOutcome::Installed);
+        assert!(w.written.holds(&w.path, &same).is_some(), "the file just installed is known");
+        assert!(w.is_current(&same) && !w.is_current(&other));
+        assert_eq!(w.clone().install_accepted(same.clone()).await.unwrap(), InstallOutcome::Unchanged, "clones share it");
+        // Written in place by someone else, same length: read, and found different.
+        std::thread::sleep(Duration::from_millis(10));
+        std::fs::write(&w.path, text.replace("100", "200")).unwrap();
+        assert_eq!(w.written.holds(&w.path, &same), None);
+        assert!(!w.is_current(&same) && w.is_current(&other));
+        assert_eq!(w.install_accepted(same.clone()).await.unwrap(), InstallOutcome::Installed);
+        assert_eq!(std::fs::read_to_string(&w.path).unwrap(), text);
+        // Replaced by a rename with the same bytes: read, and found equal.
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &w.path).unwrap();
+        assert_eq!(w.written.holds(&w.path, &same), None);
+        assert!(w.is_current(&same));
+        // A failed install forgets what it knew.
+        let blocked = Writer { path: dir.path().join("missing/haproxy.cfg"), ..w.clone() };
+        assert!(blocked.install_accepted(other.clone()).await.is_err());
+        assert!(w.written.lock().is_none());
+    }
+
+    #[test]
+    fn texts_cut_differently_compare_by_their_bytes() {
+        let text = "frontend a\n    bind :80\nbackend a\n";
+        assert!(cut(text, 3).same_text(&cut(text, 5)) && cut(text, 4).same_text(&cut(text, 4)));
+        assert!(!cut(text, 3).same_text(&cut(&text.replace(":80", ":81"), 5)));
+        assert!(!cut(text, 4).same_text(&cut(&text.replace(":80", ":81"), 4)));
+        assert!(!cut(text, 4).same_text(&cut(&text[1..], 4)));
+        let pieces = |p: &[&str]| Rendered::of(p.iter().map(|s| std::sync::Arc::from(*s)).collect());
+        assert!(pieces(&["ab", "c"]).same_text(&pieces(&["a", "bc"])), "as many pieces, cut elsewhere");
+        assert!(!pieces(&["ab", "c"]).same_text(&pieces(&["a", "bd"])));
     }
 
     #[tokio::test]

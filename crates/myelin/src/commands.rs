@@ -57,6 +57,7 @@ pub fn writer(l: &Loaded) -> Writer {
         check_command: h.check_command.as_ref().map(|c| c.argv()),
         haproxy_bin: "haproxy".into(),
         timeout: Duration::from_secs(30),
+        written: Default::default(),
     }
 }
 

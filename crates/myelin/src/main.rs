@@ -229,10 +229,10 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    // One thread runs every task (the daemon loop, the watchers, the admin listener): a change
-    // is handed from task to task without waking another thread, which costs more than the work
-    // of a change on a small host. Blocking work (file writes, `haproxy -c`) goes to the blocking
-    // pool; inotify has its own thread. A blocking-pool thread idle for 2 s ends (tokio's
+    // One thread runs every task (the daemon loop, the watchers and the inotify reader, the
+    // admin listener): a change is handed from task to task without waking another thread,
+    // which costs more than the work of a change on a small host. Blocking work (file writes,
+    // `haproxy -c`) goes to the blocking pool. A blocking-pool thread idle for 2 s ends (tokio's
     // default is 10 s): with a purge delay an operator set, what it freed (a drift check reads
     // and compares a fleet-sized reply there, about 20 MB at 100,000 servers) goes back then at
     // the latest. Not less: haproxy.cfg follows the runtime API once a second, and a thread

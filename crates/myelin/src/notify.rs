@@ -11,6 +11,10 @@ use tracing::{debug, info};
 pub struct Notifier {
     pub watchdog: Option<Duration>,
     pub next_ping: Option<Instant>,
+    /// `NOTIFY_SOCKET` was set at start (it is not looked up again at every call).
+    on: bool,
+    /// The last `STATUS=` sent.
+    status: Option<String>,
 }
 
 impl Notifier {
@@ -20,12 +24,33 @@ impl Notifier {
         if let Some(w) = watchdog {
             info!(ping_every_ms = w.as_millis() as u64, "systemd watchdog is on.");
         }
-        Self { watchdog, next_ping: watchdog.map(|w| Instant::now() + w) }
+        Self { watchdog, next_ping: watchdog.map(|w| Instant::now() + w), on: std::env::var_os("NOTIFY_SOCKET").is_some(), status: None }
     }
 
-    pub fn send(&self, states: &[NotifyState]) {
-        if let Err(e) = sd_notify::notify(false, states) {
-            debug!("cannot notify systemd: {e}");
+    /// Whether systemd listens: without it, nothing is worth preparing for it.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    pub fn send(&mut self, states: &[NotifyState]) {
+        if !self.on {
+            return;
+        }
+        match sd_notify::notify(false, states) {
+            Ok(()) => {
+                if let Some(text) = states.iter().find_map(|s| if let NotifyState::Status(t) = s { Some(t) } else { None }) {
+                    self.status = Some((*text).to_owned());
+                }
+            }
+            Err(e) => debug!("cannot notify systemd: {e}"),
+        }
+    }
+
+    /// `STATUS=text`, unless it is what systemd shows already (every change would otherwise
+    /// send the same line).
+    pub fn status(&mut self, text: &str) {
+        if self.status.as_deref() != Some(text) {
+            self.send(&[NotifyState::Status(text)]);
         }
     }
 }

@@ -350,11 +350,13 @@ impl Observer {
         let servers = self.servers;
         // The count is kept service by service; debug builds (every test) check it whole.
         debug_assert_eq!(servers, desired.server_count(), "the observer's server count drifted");
-        let status = match error_of(outcome).or_else(|| report.reload.clone().and_then(Result::err)) {
-            None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), word(outcome)),
-            Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), word(outcome), first_line(&e)),
-        };
-        self.notifier.send(&[NotifyState::Status(&status)]);
+        if self.notifier.on() {
+            let status = match error_of(outcome).or_else(|| report.reload.clone().and_then(Result::err)) {
+                None => format!("{} services, {servers} servers; last apply: {}", desired.services.len(), word(outcome)),
+                Some(e) => format!("{} services; last apply {}: {}", desired.services.len(), word(outcome), first_line(&e)),
+            };
+            self.notifier.status(&status);
+        }
     }
 
     /// Follow the desired state's server count through what `scope` changed in it.
@@ -485,7 +487,7 @@ impl Observer {
         }
     }
 
-    pub fn stopping(&self) {
+    pub fn stopping(&mut self) {
         self.notifier.send(&[NotifyState::Stopping, NotifyState::Status("Stopping; HAProxy keeps the last installed config")]);
     }
 

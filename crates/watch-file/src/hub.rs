@@ -1,5 +1,5 @@
-//! One inotify instance (and one thread reading it) for every file source of the process,
-//! through the `inotify` crate.
+//! One inotify instance (and one task reading it, on the daemon's tokio runtime) for every file
+//! source of the process, through the `inotify` crate.
 //!
 //! inotify instances are scarce (`fs.inotify.max_user_instances`, 128 per user by default, shared
 //! by every process of the user): a watcher per file source ran out at about a hundred file
@@ -9,11 +9,17 @@
 //! The watches ask the kernel only for events that can change what a name holds ([`MASK`]:
 //! create, write, close after writing, attributes, rename, delete), never for opening, reading
 //! or closing without writing: a source reading its own file raises nothing, and nothing wakes
-//! the reading thread for it. An event wakes only the sources whose names it concerns, so files
-//! sharing a directory do not wake each other.
+//! the reader for it. An event wakes only the sources whose names it concerns, so files sharing
+//! a directory do not wake each other.
+//!
+//! The reader is a task on the runtime of the first subscriber that needs it (the daemon has
+//! one runtime, on one thread): an event wakes that thread once and the sources it concerns run
+//! there, where a reading thread of its own was woken first and then woke the daemon's. So the
+//! sources need a tokio runtime with I/O and time, kept running: one that stays alive but is no
+//! longer driven (a runtime between two `block_on`s) holds up the events of every source.
 //!
 //! Locking: one mutex holds the table and the watch handle. `inotify_add_watch` and
-//! `inotify_rm_watch` do not wait for the reading thread, so a subscriber places its watches and
+//! `inotify_rm_watch` do not wait for the reader, so a subscriber places its watches and
 //! records them in one step, and an event is never looked up between the two.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::Notify;
 
 /// What each directory watch asks the kernel for: what can change a name's content or what it
@@ -191,21 +199,35 @@ fn wake(wakers: &HashMap<u64, Arc<Waker>>, id: u64, settled: bool) {
 }
 
 /// The table and the handle that places and removes watches; `watches` is `None` until the
-/// first watch is needed (the instance and its thread are made then).
+/// first watch is needed (the instance and the task reading it are made then), and again after
+/// that task ended.
 #[derive(Default)]
 struct Inner {
     table: Table,
     watches: Option<Watches>,
+    /// Counts the instances made, so that a reading task that ends forgets only its own.
+    instance: u64,
+    /// Counts the watches placed (by any subscriber): see [`Subscription::placed`].
+    placed: u64,
+    /// A new instance's reading task, to be started once the table is unlocked.
+    start: Option<(tokio::runtime::Handle, BoxFuture<'static, ()>)>,
 }
 
 impl Inner {
-    /// The handle, making the instance and its reading thread on first use.
+    /// The handle, making the instance, and the task reading it on the caller's runtime (see
+    /// the module's documentation), when there is none. A runtime that ends takes the task with
+    /// it (tests have one each): the instance goes too, and the sources, all woken, watch again
+    /// on a new one (see [`Reading`]).
     fn watches(&mut self, hub: &'static Hub) -> io::Result<&mut Watches> {
         if self.watches.is_none() {
-            let inotify = Inotify::init()?;
-            let watches = inotify.watches();
-            std::thread::Builder::new().name("myelin-inotify".into()).spawn(move || read_events(inotify, hub))?;
-            self.watches = Some(watches);
+            let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+            let events = {
+                let _in = runtime.enter();
+                Inotify::init()?.into_event_stream(vec![0u8; 64 * 1024])?
+            };
+            self.instance += 1;
+            self.watches = Some(events.watches());
+            self.start = Some((runtime, read_events(events, Reading { hub, instance: self.instance }).boxed()));
         }
         Ok(self.watches.as_mut().expect("made above"))
     }
@@ -220,29 +242,49 @@ impl Inner {
     }
 }
 
-/// The reading thread: blocks on the instance, hands each batch of events to the table.
-fn read_events(mut inotify: Inotify, hub: &'static Hub) {
-    // Room for many events at once (each is 16 bytes and its name).
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match inotify.read_events_blocking(&mut buf) {
-            Ok(events) => {
+/// Held by the reading task; when the task ends (its runtime shut down), its instance is
+/// forgotten: no directory counts as watched any more, and every source looks again, which
+/// places its watches on a new instance.
+struct Reading {
+    hub: &'static Hub,
+    instance: u64,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.hub.inner);
+        if inner.instance != self.instance {
+            return;
+        }
+        inner.watches = None;
+        let t = &mut inner.table;
+        t.watches.clear();
+        for d in t.dirs.values_mut() {
+            d.watched = None;
+        }
+        t.wake_all();
+    }
+}
+
+/// The reading task: hands each event to the table as the instance yields it.
+async fn read_events(mut events: EventStream<Vec<u8>>, reading: Reading) {
+    let hub = reading.hub;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(e) => {
                 let mut inner = lock(&hub.inner);
-                let mut stale = Vec::new();
-                for e in events {
-                    stale.extend(inner.table.dispatch(Event { wd: e.wd.get_watch_descriptor_id(), mask: e.mask, name: e.name }));
-                }
+                let stale = inner.table.dispatch(Event { wd: e.wd.get_watch_descriptor_id(), mask: e.mask, name: e.name.as_deref() });
                 inner.remove(stale);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
                 // Could not read events: everyone looks again, and the read is retried after a
                 // pause rather than spinning on a lasting error.
                 lock(&hub.inner).table.wake_all();
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
+    drop(reading);
 }
 
 /// The watcher shared by the process's file sources.
@@ -275,6 +317,12 @@ impl Hub {
         Subscription { hub: self, id, wake, current: Interests::new() }
     }
 
+    /// How many instances were made: one more each time a reading task's runtime ended (tests).
+    #[cfg(test)]
+    pub fn instance(&self) -> u64 {
+        lock(&self.inner).instance
+    }
+
     /// Directories watched now (for tests and diagnostics).
     #[cfg(test)]
     pub fn watched(&self) -> Vec<PathBuf> {
@@ -294,6 +342,21 @@ pub struct Subscription {
     current: Interests,
 }
 
+/// What [`Subscription::set`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// The same interests, every directory watched, and no watch placed since the caller's
+    /// walk began (none was missing then, or dropped and placed again meanwhile): anything
+    /// that changed during the walk raised an event, and the caller need not walk again.
+    Already,
+    /// Every directory is watched now (some just placed: the caller walks the path again, in
+    /// case it changed before they were).
+    Now,
+    /// A directory vanished (or became something other than a directory) before it could be
+    /// watched: the caller looks at the path again.
+    Incomplete,
+}
+
 /// Why a subscription could not be brought up to date.
 #[derive(Debug)]
 pub enum WatchError {
@@ -310,17 +373,41 @@ impl Subscription {
         self.wake.settled.swap(false, Ordering::AcqRel)
     }
 
-    /// Care about `want` from now on (and no longer about the rest). Returns whether every
-    /// directory in `want` is watched now: `false` when one vanished (or became something other
-    /// than a directory) before it could be watched (the caller looks at the path again).
-    pub fn set(&mut self, want: &Interests) -> Result<bool, WatchError> {
+    /// How many watches the hub has placed so far: taken before walking a path and handed to
+    /// [`Subscription::set`], it tells whether every watch the walk needed was in place for
+    /// all of it.
+    pub fn placed(&self) -> u64 {
+        lock(&self.hub.inner).placed
+    }
+
+    /// Care about `want` from now on (and no longer about the rest). Says whether every
+    /// directory in `want` is watched now, and whether it already was since `placed` (see
+    /// [`Subscription::placed`] and [`Watched`]).
+    pub fn set(&mut self, want: &Interests, placed: u64) -> Result<Watched, WatchError> {
+        let mut guard = lock(&self.hub.inner);
+        let result = self.set_locked(&mut guard, want, placed);
+        // A new instance's reader starts once the table is free: a task refused by a runtime
+        // that is shutting down is dropped at once, and then takes the table to forget it.
+        let start = guard.start.take();
+        drop(guard);
+        if let Some((runtime, reader)) = start {
+            runtime.spawn(reader);
+        }
+        result
+    }
+
+    fn set_locked(&mut self, inner: &mut Inner, want: &Interests, placed: u64) -> Result<Watched, WatchError> {
         let hub = self.hub;
-        let mut guard = lock(&hub.inner);
-        let inner = &mut *guard;
+        let same = self.current == *want;
+        if same && inner.placed == placed && want.iter().all(|(dir, (seen, _))| inner.table.dirs.get(dir).is_some_and(|d| d.watched.is_some_and(|(id, _)| id == *seen))) {
+            return Ok(Watched::Already);
+        }
         for dir in self.current.keys().filter(|d| !want.contains_key(*d)) {
             leave(inner, dir, self.id);
         }
-        self.current = want.clone();
+        if !same {
+            self.current = want.clone();
+        }
         let mut complete = true;
         for (dir, (seen, names)) in want {
             let d = inner.table.dirs.entry(dir.clone()).or_insert_with(|| Dir { watched: None, subs: HashMap::new() });
@@ -334,6 +421,7 @@ impl Subscription {
             let placed = inner.watches(hub).and_then(|w| w.add(dir, MASK));
             match placed {
                 Ok(wd) => {
+                    inner.placed += 1;
                     let n = wd.get_watch_descriptor_id();
                     let t = &mut inner.table;
                     t.watches.entry(n).or_insert_with(|| (wd, Vec::new())).1.push(dir.clone());
@@ -345,7 +433,7 @@ impl Subscription {
                 Err(e) => return Err(WatchError::Cannot(dir.clone(), e)),
             }
         }
-        Ok(complete)
+        Ok(if complete { Watched::Now } else { Watched::Incomplete })
     }
 }
 

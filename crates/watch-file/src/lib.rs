@@ -16,7 +16,7 @@ use std::time::Duration;
 use myelin_source::{Context, LabelFilter, Partition, SettingsProblem, SourceConfig};
 use serde::Deserialize;
 
-pub use parse::{parse_backends, Parsed};
+pub use parse::{parse_backends, Known, Parsed};
 pub use source::file_source;
 
 /// The largest backends file read: 16 MiB, the bound of a config file too (100,000 backends

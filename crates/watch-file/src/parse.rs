@@ -6,6 +6,7 @@
 //! with `port: 18446744073709551616` spoil the whole file. Here a number keeps its text, so such
 //! an entry reaches the store as it was written and is rejected there alone.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use myelin_source::Discovered;
@@ -138,6 +139,96 @@ pub fn parse_backends(text: &str) -> Result<Parsed, String> {
     Ok((ok, bad))
 }
 
+/// Files up to this size keep their entries parsed ([`Known`]): about 15,000 entries of the
+/// usual kind. A larger file is parsed whole at each change, rather than held twice in memory.
+const KNOWN_MAX_BYTES: usize = 1024 * 1024;
+
+/// The entries of one source's file parsed last time, by their text: when the file changes,
+/// only the entries whose text is new are parsed (one entry edited in a file of a thousand: one
+/// entry parsed, not a thousand). The result is the same as [`parse_backends`] of the whole
+/// text, always: a document that is not a plain list of entries (see [`entry_texts`]), or an
+/// entry that is not well-formed on its own, is parsed whole.
+#[derive(Debug, Default)]
+pub struct Known {
+    by_text: HashMap<Box<str>, Result<Discovered, String>>,
+}
+
+impl Known {
+    /// What [`parse_backends`] gives for `text`, parsing only the entries not seen last time.
+    pub fn parse(&mut self, text: &str) -> Result<Parsed, String> {
+        let texts = if text.len() <= KNOWN_MAX_BYTES { entry_texts(text) } else { None };
+        let Some(texts) = texts else {
+            self.by_text = HashMap::new();
+            return parse_backends(text);
+        };
+        let mut now = HashMap::with_capacity(texts.len());
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for (i, t) in texts.into_iter().enumerate() {
+            // An entry seen last time moves over with its key; one there twice is copied.
+            let (key, result) = match self.by_text.remove_entry(t) {
+                Some(known) => known,
+                None => match now.get(t).cloned().or_else(|| parse_entry(t)) {
+                    Some(result) => (Box::from(t), result),
+                    None => {
+                        self.by_text = HashMap::new();
+                        return parse_backends(text);
+                    }
+                },
+            };
+            match &result {
+                Ok(d) => ok.push(d.clone()),
+                Err(reason) => bad.push((i, reason.clone())),
+            }
+            now.insert(key, result);
+        }
+        self.by_text = now;
+        Ok((ok, bad))
+    }
+}
+
+/// The text of each entry when the document is a plain list at its top: every line starts an
+/// entry (`-` then a space or the line's end), continues one (a space), is blank, or is a
+/// comment (`#`); lines end with `\n` or `\r\n` only (YAML also breaks lines at a lone `\r`,
+/// U+0085, U+2028 and U+2029, which could end an entry where this does not look); and there is
+/// no `&` or `*` anywhere (anchors and aliases, the one way an entry's meaning can depend on
+/// another's text). Anything else (`backends:`, `---`, directives, flow lists, tabs, a
+/// byte-order mark, no entry at all) is `None`. In such a list an entry ends where the next line
+/// starting with `- ` begins, so each entry reads the same alone as in the whole document; the
+/// lines before the first entry go with it, so they are parsed too (a control character in a
+/// comment spoils the document). An entry that does not parse alone sends the whole text to
+/// [`parse_backends`].
+fn entry_texts(text: &str) -> Option<Vec<&str>> {
+    if text.contains(['&', '*', '\u{85}', '\u{2028}', '\u{2029}']) || text.match_indices('\r').any(|(i, _)| text.as_bytes().get(i + 1) != Some(&b'\n')) {
+        return None;
+    }
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let mut rest = line.bytes();
+        match (rest.next(), rest.next()) {
+            (Some(b'-'), None | Some(b' ' | b'\n' | b'\r')) => starts.push(at),
+            (Some(b' '), _) if !starts.is_empty() => {}
+            (Some(b'#' | b'\n' | b'\r') | None, _) => {}
+            _ => return None,
+        }
+        at += line.len();
+    }
+    let first = starts.first_mut()?;
+    *first = 0;
+    let ends = starts.iter().skip(1).copied().chain([text.len()]);
+    Some(starts.iter().zip(ends).map(|(&s, e)| &text[s..e]).collect())
+}
+
+/// One entry's text (`- ...`) parsed alone; `None` when it is not well-formed alone.
+fn parse_entry(text: &str) -> Option<Result<Discovered, String>> {
+    #[cfg(test)]
+    tests::PARSED.with(|n| n.set(n.get() + 1));
+    match serde_yaml_ng::from_str::<Node>(text) {
+        Ok(Node::Seq(mut v)) if v.len() == 1 => v.pop().map(entry_of),
+        _ => None,
+    }
+}
+
 /// A single value as text; a float only where a fraction makes sense (not in ports or weights,
 /// where `1.0` must not pass for `1`).
 fn scalar(v: &Node, key: &str, floats: bool) -> Result<String, String> {
@@ -185,6 +276,80 @@ fn entry_of(v: Node) -> Result<Discovered, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Entries parsed alone by [`parse_entry`] on this thread.
+        pub(super) static PARSED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn parsed_alone(f: impl FnOnce()) -> usize {
+        let before = PARSED.with(|n| n.get());
+        f();
+        PARSED.with(|n| n.get()) - before
+    }
+
+    #[test]
+    fn a_plain_list_is_cut_into_its_entries() {
+        let text = "# head\n- {host: a, port: 1}\n-\n  host: b\n  port: 2\n# between\n\n- host: c\r\n  port: 3\r\n- 7";
+        assert_eq!(
+            entry_texts(text).unwrap(),
+            ["# head\n- {host: a, port: 1}\n", "-\n  host: b\n  port: 2\n# between\n\n", "- host: c\r\n  port: 3\r\n", "- 7"]
+        );
+        // Anything else is parsed whole.
+        for other in [
+            "backends:\n  - {host: a, port: 1}\n",
+            "---\n- {host: a, port: 1}\n",
+            "%YAML 1.1\n---\n- {host: a, port: 1}\n",
+            "- &x {host: a, port: 1}\n- *x\n",
+            "- {host: a, port: 1, labels: {glob: 'a*'}}\n",
+            "[{host: a, port: 1}]\n",
+            "\u{feff}- {host: a, port: 1}\n",
+            "\t- {host: a, port: 1}\n",
+            "  - {host: a, port: 1}\n",
+            "-{host: a}\n",
+            "--- \n",
+            "",
+            "# nothing\n\n",
+            "- {host: a, port: 1}\r...\n- {host: b, port: 2}\n",
+            "\r- {host: b, port: 2}\n- {host: a, port: 1}\n",
+            "- {host: a, port: 1}\u{2028}- {host: b, port: 2}\n",
+        ] {
+            assert_eq!(entry_texts(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn known_entries_are_not_parsed_again_and_the_result_is_the_whole_parse() {
+        let mut known = Known::default();
+        let line = |i: usize, w: u32| format!("- {{name: b{i}, host: 127.0.0.1, port: {}, weight: {w}}}\n", 1000 + i);
+        let mut lines: Vec<String> = (0..50).map(|i| line(i, 1)).collect();
+        let same = |known: &mut Known, text: &str| assert_eq!(known.parse(text), parse_backends(text), "{text}");
+        let text = lines.concat();
+        assert_eq!(parsed_alone(|| same(&mut known, &text)), 50);
+        // One weight changed, one entry added, one removed: those alone are parsed.
+        lines[7] = line(7, 5);
+        assert_eq!(parsed_alone(|| same(&mut known, &lines.concat())), 1);
+        lines.insert(20, line(99, 1));
+        assert_eq!(parsed_alone(|| same(&mut known, &lines.concat())), 1);
+        lines.remove(3);
+        assert_eq!(parsed_alone(|| same(&mut known, &lines.concat())), 0);
+        // Equal entries, bad ones (by their index), a duplicated key: as the whole parse says.
+        lines.push(lines[0].clone());
+        lines.push("- {host: x, prot: 1}\n".into());
+        lines.push("- {host: 127.0.0.1, port: 81, port: 82}\n".into());
+        same(&mut known, &lines.concat());
+        // An entry not well-formed alone: the whole text is parsed (and refused), as always.
+        lines.push("- {host: [\n".into());
+        same(&mut known, &lines.concat());
+        lines.pop();
+        // Lines before the first entry are parsed with it: a control character there spoils
+        // the document, as in the whole parse.
+        same(&mut known, &format!("# \x1b[31m\n{}", lines.concat()));
+        same(&mut known, "#\0\n");
+        // Another shape, then the plain list again: parsed whole, then entry by entry afresh.
+        same(&mut known, &format!("backends:\n{}", lines.iter().map(|l| format!("  {l}")).collect::<String>()));
+        assert_eq!(parsed_alone(|| same(&mut known, &lines.concat())), lines.len() - 1, "one entry is there twice");
+    }
 
     #[test]
     fn parses_lists_and_reports_bad_entries() {

@@ -31,9 +31,9 @@ use std::time::Duration;
 use futures::stream;
 use myelin_source::{Cause, SourceError, Update, UpdateStream};
 
-use crate::hub::{hub, Subscription, WatchError};
+use crate::hub::{hub, Subscription, WatchError, Watched};
 use crate::MAX_FILE_BYTES;
-use crate::parse::parse_backends;
+use crate::parse::Known;
 use crate::resolve::{resolve, Seen};
 
 /// How many times the path is walked again when it changes while its watches are placed.
@@ -46,12 +46,12 @@ fn malformed(path: String, reason: impl std::fmt::Display) -> SourceError {
     SourceError::Failed { origin: path, what: "is malformed".into(), cause: Some(Cause::msg(reason)) }
 }
 
-fn updates_of(origin: &str, bytes: &[u8]) -> Vec<Result<Update, SourceError>> {
+fn updates_of(origin: &str, known: &mut Known, bytes: &[u8]) -> Vec<Result<Update, SourceError>> {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(_) => return vec![Err(malformed(origin.to_owned(), "not UTF-8"))],
     };
-    match parse_backends(text) {
+    match known.parse(text) {
         Err(reason) => vec![Err(malformed(origin.to_owned(), reason))],
         Ok((ok, bad)) => {
             let mut out: Vec<_> = bad.into_iter().map(|(index, reason)| Err(SourceError::entry(origin.to_owned(), format!("entry {index}"), reason))).collect();
@@ -71,6 +71,8 @@ struct State {
     /// The bytes last read; `None` before the first read and while the file cannot be seen
     /// (so the file coming back is always announced with a `Reset`).
     last: Option<Vec<u8>>,
+    /// The entries of the last read, parsed: a change parses only the entries it touched.
+    known: Known,
     /// What is known to be missing (the file, or a directory on its path). Reported when the
     /// source goes blind, and again only when a directory above it goes too (`rm -r` deletes
     /// the file first, then its directory: the report ends on the directory, whenever the
@@ -87,14 +89,23 @@ impl State {
     /// Walk the path and bring the watches in line with it, until the two agree (a change in
     /// between is caught by walking again after the watches are placed).
     fn look(&mut self) -> Result<Seen, SourceError> {
+        let mut placed = self.sub.placed();
         let mut r = resolve(&self.path);
         for _ in 0..SETTLE_TRIES {
-            let complete = self.sub.set(&r.interests).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
-            let again = resolve(&self.path);
-            if complete && again.interests == r.interests {
-                return again.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
+            let watched = self.sub.set(&r.interests, placed).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
+            if watched != Watched::Already {
+                placed = self.sub.placed();
+                let again = resolve(&self.path);
+                let settled = watched == Watched::Now && again.interests == r.interests;
+                r = again;
+                if !settled {
+                    continue;
+                }
             }
-            r = again;
+            // Either the walk ran under these very watches (a change during it raised an
+            // event, which brings the source back here), or it was done again once they were
+            // placed and found the same path.
+            return r.seen.map_err(|e| SourceError::failed_with(self.origin.clone(), "cannot be resolved", e));
         }
         Err(SourceError::failed(self.origin.clone(), "keeps changing while it is being watched"))
     }
@@ -136,7 +147,7 @@ impl State {
                 self.blind = None;
                 self.too_large = false;
                 if self.last.as_ref() != Some(&bytes) {
-                    self.queue.extend(updates_of(&self.origin, &bytes));
+                    self.queue.extend(updates_of(&self.origin, &mut self.known, &bytes));
                     self.last = Some(bytes);
                 }
             }
@@ -179,14 +190,15 @@ fn std_read(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 /// Watch `path` and yield its backends: a `Reset` at the first read and after each change.
-/// Nothing is read or watched until the stream is polled.
+/// Nothing is read or watched until the stream is polled, which must be on a tokio runtime with
+/// I/O and time (see [`crate::hub`]).
 pub fn file_source(path: PathBuf, quiet: Duration) -> UpdateStream {
     file_source_with(path, quiet, std_read)
 }
 
 pub(crate) fn file_source_with(path: PathBuf, quiet: Duration, read: Reader) -> UpdateStream {
     let origin = path.display().to_string();
-    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, blind: None, too_large: false, queue: VecDeque::new(), end: false };
+    let state = State { path, origin, quiet, read, sub: hub().subscribe(), last: None, known: Known::default(), blind: None, too_large: false, queue: VecDeque::new(), end: false };
     Box::pin(stream::unfold((state, true), |(mut st, first)| async move {
         if first {
             st.refresh();
@@ -279,6 +291,56 @@ mod tests {
         }
     }
 
+    /// The inotify instance is read by a task on the runtime of the source that first needed
+    /// it: when that runtime ends, the sources of another runtime watch again on a new instance
+    /// and miss nothing.
+    #[test]
+    fn sources_outlive_the_runtime_that_read_their_events() {
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, entries(&[1])).unwrap();
+        std::fs::write(&b, entries(&[2])).unwrap();
+        let within = |d| std::time::Duration::from_secs(d);
+        // A runtime of its own starts a source first (and so the reader, unless another test's
+        // runtime has it), sees a change, and ends; meanwhile a source on another runtime, on
+        // a thread of its own, follows its file throughout.
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut stopped = Some(stopped);
+        let mut other = None;
+        for round in 0..3u16 {
+            let first = runtime();
+            first.block_on(async {
+                let mut sa = file_source(a.clone(), QUIET);
+                assert_eq!(ports(next(&mut sa).await), ["1"]);
+                std::fs::write(&a, entries(&[1, 10 + round])).unwrap();
+                assert_eq!(ports(next(&mut sa).await), ["1", &(10 + round).to_string()]);
+            });
+            if other.is_none() {
+                let (b, tx, mut stopped) = (b.clone(), seen_tx.clone(), stopped.take().unwrap());
+                other = Some(std::thread::spawn(move || {
+                    runtime().block_on(async move {
+                        let mut sb = file_source(b, QUIET);
+                        loop {
+                            tokio::select! {
+                                _ = &mut stopped => break,
+                                u = sb.next() => tx.send(ports(u.expect("stream open"))).unwrap(),
+                            }
+                        }
+                    })
+                }));
+                assert_eq!(seen.recv_timeout(within(5)).unwrap(), ["2"]);
+            }
+            drop(first);
+            std::fs::write(&a, entries(&[1])).unwrap();
+            std::fs::write(&b, entries(&[2, 20 + round])).unwrap();
+            assert_eq!(seen.recv_timeout(within(5)).unwrap(), ["2", &(20 + round).to_string()]);
+        }
+        stop.send(()).unwrap();
+        other.unwrap().join().unwrap();
+    }
+
     /// A write closed, or a file renamed into place, is read at once; a write with the file
     /// still open waits for the quiet period.
     #[tokio::test]
@@ -365,7 +427,7 @@ mod tests {
 
     /// Let events raised before a source watched reach it, and count its reads from one. The
     /// temporary directory's creation was an event in `/tmp`, which the process may already
-    /// watch for another test's source, and its reading thread can hand it over after the new
+    /// watch for another test's source, and its reader can hand it over after the new
     /// source subscribed to that name: one more read, of the same bytes, says nothing. A
     /// source that woke itself by reading would go on reading (it read ~40 times a second).
     async fn settle_stale_events(s: &mut UpdateStream, opens: &AtomicUsize) {
@@ -373,26 +435,48 @@ mod tests {
         opens.store(1, Ordering::SeqCst);
     }
 
+    /// The opens counted since the hub's instance was `instance`; `None` when it changed:
+    /// another test's runtime, which read the hub's events, ended, and every source looked at
+    /// its file again on the new instance (one more read, of the same bytes, says nothing).
+    fn opens_on(opens: &AtomicUsize, instance: u64) -> Option<usize> {
+        let n = opens.load(Ordering::SeqCst);
+        (hub().instance() == instance).then_some(n)
+    }
+
     #[tokio::test]
     async fn reading_its_own_file_does_not_wake_a_source() {
         let Counted { dir: _dir, _watcher, opens, mut s, .. } = counted().await;
-        // Before: each read raised an event that caused the next read, ~40 a second.
-        silent(&mut s, Duration::from_millis(1000)).await;
-        assert_eq!(opens.load(Ordering::SeqCst), 1, "the file was read again while nothing changed");
+        for _ in 0..10 {
+            let instance = hub().instance();
+            opens.store(1, Ordering::SeqCst);
+            // Before: each read raised an event that caused the next read, ~40 a second.
+            silent(&mut s, Duration::from_millis(1000)).await;
+            if let Some(n) = opens_on(&opens, instance) {
+                assert_eq!(n, 1, "the file was read again while nothing changed");
+                return;
+            }
+        }
+        panic!("the hub's instance kept changing");
     }
 
     /// A file replaced by a rename is read once, not again after a quiet period.
     #[tokio::test]
     async fn a_rename_into_place_is_read_once() {
         let Counted { dir, path, _watcher, opens, mut s } = counted().await;
-        for (round, port) in (2..7).enumerate() {
+        let mut checked = 0;
+        for (round, port) in (2..12).enumerate() {
+            let (instance, before) = (hub().instance(), opens.load(Ordering::SeqCst));
             let tmp = dir.path().join("backends.tmp");
             std::fs::write(&tmp, entries(&[port])).unwrap();
             std::fs::rename(&tmp, &path).unwrap();
             assert_eq!(ports(next(&mut s).await), [port.to_string()]);
             silent(&mut s, QUIET * 4).await;
-            assert_eq!(opens.load(Ordering::SeqCst), round + 2, "read more than once after rename {}", round + 1);
+            if let Some(n) = opens_on(&opens, instance) {
+                assert_eq!(n, before + 1, "read more than once after rename {}", round + 1);
+                checked += 1;
+            }
         }
+        assert!(checked >= 5, "the hub's instance kept changing");
     }
 
     #[tokio::test]
@@ -407,13 +491,24 @@ mod tests {
         assert_eq!(ports(next(&mut sa).await), ["1"]);
         assert_eq!(ports(next(&mut sb).await), ["2"]);
         settle_stale_events(&mut sa, &opens_a).await;
-        for p in 3..8 {
-            std::fs::write(&b, entries(&[p])).unwrap();
-            assert_eq!(ports(next(&mut sb).await), [p.to_string()]);
-            std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+        let mut checked = false;
+        for round in 0..10 {
+            let instance = hub().instance();
+            opens_a.store(1, Ordering::SeqCst);
+            for p in 3..8 {
+                let p = p + 10 * round;
+                std::fs::write(&b, entries(&[p])).unwrap();
+                assert_eq!(ports(next(&mut sb).await), [p.to_string()]);
+                std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+            }
+            silent(&mut sa, Duration::from_millis(100)).await;
+            if let Some(n) = opens_on(&opens_a, instance) {
+                assert_eq!(n, 1, "a.yaml was read again for changes to b.yaml");
+                checked = true;
+                break;
+            }
         }
-        silent(&mut sa, Duration::from_millis(100)).await;
-        assert_eq!(opens_a.load(Ordering::SeqCst), 1, "a.yaml was read again for changes to b.yaml");
+        assert!(checked, "the hub's instance kept changing");
         // Both in one watched directory.
         let watched = hub().watched();
         assert_eq!(watched.iter().filter(|d| d.as_path() == dir.path()).count(), 1);

@@ -4,7 +4,7 @@
 //! a bad entry never spoils the good ones.
 
 use myelin_fuzz::{config as fuzz_config, hostile, value, yaml_scalar};
-use myelin_watch_file::parse_backends;
+use myelin_watch_file::{parse_backends, Known};
 use proptest::prelude::*;
 
 const KEYS: &[&str] = &["name", "host", "port", "weight", "labels"];
@@ -40,7 +40,7 @@ fn entry() -> BoxedStrategy<String> {
 }
 
 fn document() -> BoxedStrategy<String> {
-    (prop::collection::vec(entry(), 0..6), prop::sample::select(&["", "backends:\n", "---\n", "# c\n", "%YAML 1.1\n---\n"][..]))
+    (prop::collection::vec(entry(), 0..6), prop::sample::select(&["", "backends:\n", "---\n", "# c\n", "%YAML 1.1\n---\n", "# \u{1b}[31m\n", "\r", "\r...\n", "\u{2028}"][..]))
         .prop_map(|(entries, head)| {
             let body = entries.concat();
             if head == "backends:\n" {
@@ -69,6 +69,22 @@ proptest! {
                 }
                 Err(why) => prop_assert!(!why.is_empty()),
             }
+        }
+    }
+
+    /// A source keeps the entries it parsed and parses only new ones: whatever the texts, one
+    /// after another, it gives what parsing each whole gives.
+    #[test]
+    fn entries_kept_from_the_last_read_give_the_whole_parse(texts in prop::collection::vec((document(), any::<prop::sample::Index>()), 1..5)) {
+        let mut known = Known::default();
+        let mut previous: Vec<String> = Vec::new();
+        for (text, cut) in texts {
+            // Also the last text with entries of this one added, and cut anywhere.
+            let cut = &text[..text.floor_char_boundary_compat(cut.index(text.len() + 1))];
+            for t in [text.clone(), format!("{}{text}", previous.concat()), cut.to_owned()] {
+                prop_assert_eq!(known.parse(&t), parse_backends(&t), "{}", t);
+            }
+            previous.push(text);
         }
     }
 
