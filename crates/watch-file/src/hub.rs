@@ -382,10 +382,11 @@ impl Subscription {
 
     /// Care about `want` from now on (and no longer about the rest). Says whether every
     /// directory in `want` is watched now, and whether it already was since `placed` (see
-    /// [`Subscription::placed`] and [`Watched`]).
-    pub fn set(&mut self, want: &Interests, placed: u64) -> Result<Watched, WatchError> {
+    /// [`Subscription::placed`] and [`Watched`]); and the count of watches placed after the
+    /// call, for the next walk.
+    pub fn set(&mut self, want: &Interests, placed: u64) -> Result<(Watched, u64), WatchError> {
         let mut guard = lock(&self.hub.inner);
-        let result = self.set_locked(&mut guard, want, placed);
+        let result = self.set_locked(&mut guard, want, placed).map(|w| (w, guard.placed));
         // A new instance's reader starts once the table is free: a task refused by a runtime
         // that is shutting down is dropped at once, and then takes the table to forget it.
         let start = guard.start.take();

@@ -92,9 +92,9 @@ impl State {
         let mut placed = self.sub.placed();
         let mut r = resolve(&self.path);
         for _ in 0..SETTLE_TRIES {
-            let watched = self.sub.set(&r.interests, placed).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
+            let watched;
+            (watched, placed) = self.sub.set(&r.interests, placed).map_err(|WatchError::Cannot(dir, e)| SourceError::failed_with(dir.display().to_string(), "cannot watch", e))?;
             if watched != Watched::Already {
-                placed = self.sub.placed();
                 let again = resolve(&self.path);
                 let settled = watched == Watched::Now && again.interests == r.interests;
                 r = again;
