@@ -5,8 +5,9 @@
 //!
 //! Per fleet: render time (in process), cold start (myelin started → HAProxy reloaded onto the
 //! full config: wall time and myelin's CPU), one change (add, weight, remove; latency from the
-//! file write until HAProxy's `show servers state` shows it, and myelin's CPU per change), a
-//! burst of 10,000 changes (applies, reloads, time until HAProxy matches), idle CPU and RSS.
+//! file write until the servers HAProxy's `show servers state` lists as taking new connections
+//! are the file's, with its weights, and myelin's CPU per change; the slowest five go to
+//! stderr), a burst of 10,000 changes (applies, reloads, time until HAProxy matches), idle CPU and RSS.
 //! Writes its figures into docs/performance.md (between the `scale` markers) and draws
 //! docs/scale.svg. `MYELIN_BENCH_SIZES=1000,10000` and `MYELIN_BENCH_IDLE=60` narrow or
 //! lengthen a run.
@@ -62,13 +63,15 @@ fn metric(port: u16, name: &str) -> f64 {
     body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// `show servers state chg`: server name → weight.
+/// `show servers state chg`: the servers taking new connections (admin state 0: not draining,
+/// not in maintenance), name → weight.
 fn chg_state(sock: &Path) -> std::collections::BTreeMap<String, u32> {
     let Ok(text) = ask(sock, "show servers state chg") else { return Default::default() };
     text.lines()
         .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 7)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
+            (f[6] == "0").then_some(())?;
             Some((f[3].to_owned(), f[7].parse().ok()?))
         })
         .collect()
@@ -259,10 +262,9 @@ haproxy:
         let t = Instant::now();
         write_file(&d.join("chg.yaml"), &file_text(&chg));
         loop {
-            let seen = chg_state(&sock);
-            // A removed server drains first: it is gone from what HAProxy routes to when it is
-            // in drain or deleted; compare the servers that should be there.
-            if want.iter().all(|(n, w)| seen.get(n) == Some(w)) && (i % 3 != 2 || seen.len() <= want.len() + 1) {
+            // A removed server drains first: it is out of rotation once it drains (it is
+            // deleted when its sessions reach zero, which is not part of the change).
+            if chg_state(&sock) == want {
                 break;
             }
             if t.elapsed() > Duration::from_secs(20) {
@@ -274,6 +276,9 @@ haproxy:
         std::thread::sleep(Duration::from_millis(60));
     }
     f.cpu_per_change_ms = (cpu(pid) - cpu0) * 1000.0 / CHANGES as f64;
+    let mut slow: Vec<(usize, f64)> = lat.iter().copied().enumerate().collect();
+    slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("{} backends, {} per service: slowest changes (index: 0 add, 1 weight, 2 remove, mod 3; ms): {:?}", f.backends, f.per_service, &slow[..slow.len().min(5)]);
     f.change_worst_ms = lat.iter().copied().fold(0.0, f64::max);
     f.change_median_ms = median(&mut lat);
 
@@ -398,7 +403,7 @@ fn main() -> Result<()> {
     let model = cpu.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()).unwrap_or_default();
     let haproxy = Command::new("haproxy").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned()).unwrap_or_default();
     let section = format!(
-        "<!-- scale:begin (written by `make bench`: integration/bench/scale.rs) -->\nMachine: {} × {model}, {haproxy}; release build; HAProxy in master-worker mode with the runtime API on. One change is a write of the `file` service's backends file (an add, a weight, a remove in turn; {CHANGES} changes, one every ~60 ms) until HAProxy's `show servers state` shows it (the file is replaced by a rename, which the file source reads at once). CPU per change is myelin's user+system time over those changes divided by their number (the kernel counts in 10 ms ticks). Idle is myelin's CPU with nothing changing, default `verify_interval` (30 s).\n\n{}\n![latency, CPU per change and memory against fleet size](scale.svg)\n<!-- scale:end -->",
+        "<!-- scale:begin (written by `make bench`: integration/bench/scale.rs) -->\nMachine: {} × {model}, {haproxy}; release build; HAProxy in master-worker mode with the runtime API on. One change is a write of the `file` service's backends file (an add, a weight, a remove in turn; {CHANGES} changes, one every ~60 ms) until the servers HAProxy's `show servers state` lists as taking new connections (admin state 0) are the file's, with its weights: a removed server counts once it drains (the file is replaced by a rename, which the file source reads at once). CPU per change is myelin's user+system time over those changes divided by their number (the kernel counts in 10 ms ticks). Idle is myelin's CPU with nothing changing, default `verify_interval` (30 s).\n\n{}\n![latency, CPU per change and memory against fleet size](scale.svg)\n<!-- scale:end -->",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         table(&all)
     );

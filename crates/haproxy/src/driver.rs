@@ -32,11 +32,31 @@ const FIRST_VERIFY: Duration = Duration::from_secs(1);
 /// certificate, the operator's `check_command`) may be fixed without a SIGHUP.
 const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(2);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
-/// After changes the runtime API carried, haproxy.cfg is brought in step at most this much
-/// later (changes meanwhile share one write: at 100,000 servers the file is ~4 MB, and writing
-/// it for every change would make each change cost the fleet). It is always written before a
-/// reload and at exit; after a crash, the next start repairs the lag (see docs/architecture.md).
+/// After changes the runtime API carried, haproxy.cfg is brought in step once they have paused
+/// for this long (changes meanwhile share one write: at 100,000 servers the file is ~4 MB, and
+/// writing it for every change would make each change cost the fleet). While changes keep
+/// coming, the file lags the first of them by at most [`file_lag_max`]. It is always written
+/// before a reload and at exit; after a crash, the next start repairs the lag (see
+/// docs/architecture.md).
 const FILE_COALESCE: Duration = Duration::from_secs(1);
+/// The bytes of haproxy.cfg per second of lag allowed under steady changes.
+const FILE_PACE: usize = 1 << 20;
+const FILE_LAG_MAX: Duration = Duration::from_secs(5);
+
+/// How long haproxy.cfg may lag the first change not in it when it is `len` bytes long and
+/// changes keep coming: [`FILE_COALESCE`], and a second more for each [`FILE_PACE`] bytes, up to
+/// [`FILE_LAG_MAX`]. Steady changes then write it at most about [`FILE_PACE`] bytes a second
+/// (4 MB a second at 100,000 servers otherwise: a quarter to a third of myelin's CPU under a
+/// change every 60 ms, and wear on the disk).
+fn file_lag_max(len: usize) -> Duration {
+    Duration::from_secs_f64(len as f64 / FILE_PACE as f64).clamp(FILE_COALESCE, FILE_LAG_MAX)
+}
+
+/// When haproxy.cfg, `len` bytes long, is written after runtime changes: [`FILE_COALESCE`] after
+/// the last (`now`), and no later than [`file_lag_max`] after the first not in it (`since`).
+fn file_due(since: Instant, now: Instant, len: usize) -> Instant {
+    (now + FILE_COALESCE).min(since + file_lag_max(len))
+}
 
 /// What changed in HAProxy while a drift check read it.
 #[derive(Debug)]
@@ -156,6 +176,11 @@ pub struct Driver {
     overlap: Overlap,
     /// haproxy.cfg lags what HAProxy runs (runtime API changes) and is to be written by then.
     file_due: Option<Instant>,
+    /// The first runtime change not in haproxy.cfg; `None` while the file is in step, or while a
+    /// write that failed waits for its retry (`file_due`).
+    file_since: Option<Instant>,
+    /// The length of the last haproxy.cfg rendered, which sets how long the file may lag.
+    file_len: usize,
     /// Services changed since `applied` was last brought up to date.
     unapplied: Scope,
     /// Services changed since the last render.
@@ -184,6 +209,8 @@ impl Driver {
             verifying: None,
             overlap: Overlap::default(),
             file_due: None,
+            file_since: None,
+            file_len: 0,
             unapplied: Scope::All,
             unrendered: Scope::All,
             renderer: Renderer::default(),
@@ -286,9 +313,9 @@ impl Driver {
             text = Some(t);
         }
         if let Route::Runtime(ops) = &how {
-            // Membership changes go to HAProxy first (milliseconds); the file follows within
-            // FILE_COALESCE: its structure was validated before, and HAProxy itself accepted
-            // the servers.
+            // Membership changes go to HAProxy first (milliseconds); the file follows when
+            // they pause (file_due()): its structure was validated before, and HAProxy itself
+            // accepted the servers.
             match self.run_ops(ops, &mut report).await {
                 Ok(()) => {
                     report.runtime_ok = true;
@@ -296,7 +323,7 @@ impl Driver {
                     let outcome = match text {
                         Some(t) => self.write_accepted(t).await,
                         None => {
-                            self.file_due.get_or_insert(Instant::now() + FILE_COALESCE);
+                            self.file_lags();
                             Outcome::Installed
                         }
                     };
@@ -330,7 +357,7 @@ impl Driver {
         self.refused = None;
         self.refused_retry = None;
         // Whatever lagged behind the runtime API is in this file.
-        self.file_due = None;
+        self.file_in_step();
         report.outcome = Some(match outcome {
             InstallOutcome::Installed => Outcome::Installed,
             InstallOutcome::Unchanged => Outcome::Unchanged,
@@ -473,13 +500,15 @@ impl Driver {
     /// haproxy.cfg for `desired`, re-rendering only what changed since the last time.
     fn text(&mut self, desired: &DesiredState) -> Rendered {
         let scope = std::mem::replace(&mut self.unrendered, Scope::none());
-        self.renderer.render(desired, &scope)
+        let text = self.renderer.render(desired, &scope);
+        self.file_len = text.len();
+        text
     }
 
     async fn write_accepted(&mut self, text: Rendered) -> Outcome {
         match self.s.writer.install_accepted(text).await {
             Ok(_) => {
-                self.file_due = None;
+                self.file_in_step();
                 if self.recovered("file") {
                     info!("haproxy.cfg is written again and matches what HAProxy runs.");
                 }
@@ -491,16 +520,34 @@ impl Driver {
                 } else {
                     debug!("Writing haproxy.cfg still fails: {e}");
                 }
+                self.file_since = None;
                 self.file_due = Some(Instant::now() + MIN_RETRY.max(self.s.restart_interval));
                 Outcome::Failed(e.to_string())
             }
         }
     }
 
+    /// The runtime API made HAProxy run what haproxy.cfg does not say yet: the file is to be
+    /// written when changes pause, or when it has lagged long enough ([`file_due`]). A write
+    /// that failed is retried when its pause is over, not sooner.
+    fn file_lags(&mut self) {
+        if self.file_due.is_some() && self.file_since.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.file_since.get_or_insert(now);
+        self.file_due = Some(file_due(since, now, self.file_len));
+    }
+
+    fn file_in_step(&mut self) {
+        self.file_due = None;
+        self.file_since = None;
+    }
+
     /// Bring haproxy.cfg in step with what the runtime API made HAProxy run.
     async fn write_lagging(&mut self) -> Option<Outcome> {
         let Some(applied) = self.applied.take() else {
-            self.file_due = None;
+            self.file_in_step();
             return None;
         };
         let text = self.text(&applied);
@@ -579,7 +626,7 @@ impl Driver {
     }
 
     /// At start-up with the runtime API: the servers HAProxy runs rather than the file's,
-    /// which lag them by up to FILE_COALESCE (a SIGKILL in that window left the file behind).
+    /// which lag them by up to file_lag_max() (a SIGKILL in that window left the file behind).
     /// When HAProxy cannot be read, the file's.
     async fn running_servers(&mut self, from_disk: DesiredState, desired: &DesiredState) -> DesiredState {
         let Some(rt) = self.runtime.clone() else { return from_disk };
@@ -1144,6 +1191,24 @@ mod tests {
         d.flush().await;
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[3])));
         assert_eq!(reloads(dir.path()), 0);
+    }
+
+    #[test]
+    fn the_file_follows_when_changes_pause_and_a_large_one_lags_longer_while_they_do_not() {
+        assert_eq!(file_lag_max(0), FILE_COALESCE);
+        assert_eq!(file_lag_max(40_000), FILE_COALESCE, "1,000 servers");
+        assert_eq!(file_lag_max(4 * FILE_PACE), Duration::from_secs(4), "100,000 servers");
+        assert_eq!(file_lag_max(usize::MAX), FILE_LAG_MAX);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // One change: written a second later, whatever the size.
+        assert_eq!(file_due(t0, t0, 40_000), t0 + s(1));
+        assert_eq!(file_due(t0, t0, 4 * FILE_PACE), t0 + s(1));
+        // Changes every half second: a small file is written a second after the first of them,
+        // a large one when they pause, or 4 s after the first.
+        assert_eq!(file_due(t0, t0 + Duration::from_millis(500), 40_000), t0 + s(1));
+        assert_eq!(file_due(t0, t0 + Duration::from_millis(2500), 4 * FILE_PACE), t0 + Duration::from_millis(3500));
+        assert_eq!(file_due(t0, t0 + Duration::from_millis(3500), 4 * FILE_PACE), t0 + s(4));
     }
 
     #[tokio::test]

@@ -235,8 +235,9 @@ fn main() -> ExitCode {
     // `haproxy -c`) goes to the blocking pool. A blocking-pool thread idle for 2 s ends (tokio's
     // default is 10 s): with a purge delay an operator set, what it freed (a drift check reads
     // and compares a fleet-sized reply there, about 20 MB at 100,000 servers) goes back then at
-    // the latest. Not less: haproxy.cfg follows the runtime API once a second, and a thread
-    // would then be started for every write.
+    // the latest. Not less: under steady changes a small haproxy.cfg follows the runtime API
+    // once a second, and a thread would then be started for every write (a large file, written
+    // every few seconds, starts one per write: far less than the write itself).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().thread_keep_alive(std::time::Duration::from_secs(2)).build() {
         Ok(r) => r,
         Err(e) => {
