@@ -5,8 +5,8 @@
 //!
 //! Per fleet: render time (in process), cold start (myelin started → HAProxy reloaded onto the
 //! full config: wall time and myelin's CPU), one change (add, weight, remove; latency from the
-//! file write until the servers HAProxy's `show servers state` lists as taking new connections
-//! are the file's, with its weights, and myelin's CPU per change; the slowest five go to
+//! file write until the servers HAProxy's `show servers state` lists as neither draining nor in
+//! maintenance are the file's, with its weights, and myelin's CPU per change; the slowest five go to
 //! stderr), a burst of 10,000 changes (applies, reloads, time until HAProxy matches), idle CPU and RSS.
 //! Writes its figures into docs/performance.md (between the `scale` markers) and draws
 //! docs/scale.svg. `MYELIN_BENCH_SIZES=1000,10000` and `MYELIN_BENCH_IDLE=60` narrow or
@@ -63,8 +63,8 @@ fn metric(port: u16, name: &str) -> f64 {
     body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// `show servers state chg`: the servers taking new connections (admin state 0: not draining,
-/// not in maintenance), name → weight.
+/// `show servers state chg`: the servers neither draining nor in maintenance (admin state 0;
+/// the bench runs no health checks), name → weight.
 fn chg_state(sock: &Path) -> std::collections::BTreeMap<String, u32> {
     let Ok(text) = ask(sock, "show servers state chg") else { return Default::default() };
     text.lines()
@@ -293,7 +293,7 @@ haproxy:
         write_file(&d.join("chg.yaml"), &file_text(&chg));
     }
     let want: std::collections::BTreeMap<String, u32> = chg.iter().map(|(n, _, w)| (n.clone(), *w)).collect();
-    while want.iter().any(|(n, w)| chg_state(&sock).get(n) != Some(w)) {
+    while chg_state(&sock) != want {
         if t.elapsed() > Duration::from_secs(120) {
             bail!("the burst did not converge within 120 s");
         }
@@ -403,7 +403,7 @@ fn main() -> Result<()> {
     let model = cpu.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()).unwrap_or_default();
     let haproxy = Command::new("haproxy").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned()).unwrap_or_default();
     let section = format!(
-        "<!-- scale:begin (written by `make bench`: integration/bench/scale.rs) -->\nMachine: {} × {model}, {haproxy}; release build; HAProxy in master-worker mode with the runtime API on. One change is a write of the `file` service's backends file (an add, a weight, a remove in turn; {CHANGES} changes, one every ~60 ms) until the servers HAProxy's `show servers state` lists as taking new connections (admin state 0) are the file's, with its weights: a removed server counts once it drains (the file is replaced by a rename, which the file source reads at once). CPU per change is myelin's user+system time over those changes divided by their number (the kernel counts in 10 ms ticks). Idle is myelin's CPU with nothing changing, default `verify_interval` (30 s).\n\n{}\n![latency, CPU per change and memory against fleet size](scale.svg)\n<!-- scale:end -->",
+        "<!-- scale:begin (written by `make bench`: integration/bench/scale.rs) -->\nMachine: {} × {model}, {haproxy}; release build; HAProxy in master-worker mode with the runtime API on. One change is a write of the `file` service's backends file (an add, a weight, a remove in turn; {CHANGES} changes, one every ~60 ms) until the servers HAProxy's `show servers state` lists as neither draining nor in maintenance (admin state 0; no health checks run) are the file's, with its weights: a removed server counts once it drains (the file is replaced by a rename, which the file source reads at once). CPU per change is myelin's user+system time over those changes divided by their number (the kernel counts in 10 ms ticks). Idle is myelin's CPU with nothing changing, default `verify_interval` (30 s).\n\n{}\n![latency, CPU per change and memory against fleet size](scale.svg)\n<!-- scale:end -->",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         table(&all)
     );

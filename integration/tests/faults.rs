@@ -694,7 +694,7 @@ fn sigkill_of_myelin_in_the_middle_of_applies() {
         }
     }
     eprintln!("30 kill rounds in {:?}", t0.elapsed());
-    // What the restarts met. haproxy.cfg lags HAProxy by up to its coalescing delay, so a
+    // What the restarts met. haproxy.cfg lags HAProxy by up to a second (this file is small), so a
     // restart after a kill in that window finds HAProxy ahead of the file: planned from the
     // file, its runtime commands were refused ("Already exists", "No such server") and it fell
     // back to a reload (10 to 12 times in 30 rounds). Planned from what HAProxy reports, none

@@ -33,9 +33,9 @@ const FIRST_VERIFY: Duration = Duration::from_secs(1);
 const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(2);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(60);
 /// After changes the runtime API carried, haproxy.cfg is brought in step once they have paused
-/// for this long (changes meanwhile share one write: at 100,000 servers the file is ~4 MB, and
-/// writing it for every change would make each change cost the fleet). While changes keep
-/// coming, the file lags the first of them by at most [`file_lag_max`]. It is always written
+/// for this long, and never later than [`file_lag_max`] after the first of them: 1 s for a file
+/// up to 1 MiB (changes meanwhile share one write: at 100,000 servers the file is ~4 MB, and
+/// writing it for every change would make each change cost the fleet). It is always written
 /// before a reload and at exit; after a crash, the next start repairs the lag (see
 /// docs/architecture.md).
 const FILE_COALESCE: Duration = Duration::from_secs(1);
@@ -44,7 +44,7 @@ const FILE_PACE: usize = 1 << 20;
 const FILE_LAG_MAX: Duration = Duration::from_secs(5);
 
 /// How long haproxy.cfg may lag the first change not in it when it is `len` bytes long and
-/// changes keep coming: [`FILE_COALESCE`], and a second more for each [`FILE_PACE`] bytes, up to
+/// changes keep coming: a second per [`FILE_PACE`] bytes, at least [`FILE_COALESCE`] and at most
 /// [`FILE_LAG_MAX`]. Steady changes then write it at most about [`FILE_PACE`] bytes a second
 /// (4 MB a second at 100,000 servers otherwise: a quarter to a third of myelin's CPU under a
 /// change every 60 ms, and wear on the disk).
@@ -313,9 +313,9 @@ impl Driver {
             text = Some(t);
         }
         if let Route::Runtime(ops) = &how {
-            // Membership changes go to HAProxy first (milliseconds); the file follows when
-            // they pause (file_due()): its structure was validated before, and HAProxy itself
-            // accepted the servers.
+            // Membership changes go to HAProxy first (milliseconds); the file follows
+            // (file_due()): its structure was validated before, and HAProxy itself accepted
+            // the servers.
             match self.run_ops(ops, &mut report).await {
                 Ok(()) => {
                     report.runtime_ok = true;
@@ -395,7 +395,8 @@ impl Driver {
         report
     }
 
-    /// Write haproxy.cfg now if it lags what HAProxy runs (at exit, and before a reload).
+    /// Write haproxy.cfg now if it lags what HAProxy runs (at exit; a reload writes the whole
+    /// file itself).
     pub async fn flush(&mut self) {
         if self.file_due.is_some() {
             self.write_lagging().await;
@@ -529,7 +530,7 @@ impl Driver {
 
     /// The runtime API made HAProxy run what haproxy.cfg does not say yet: the file is to be
     /// written when changes pause, or when it has lagged long enough ([`file_due`]). A write
-    /// that failed is retried when its pause is over, not sooner.
+    /// that failed is retried when its pause is over, neither sooner nor later.
     fn file_lags(&mut self) {
         if self.file_due.is_some() && self.file_since.is_none() {
             return;
@@ -550,7 +551,13 @@ impl Driver {
             self.file_in_step();
             return None;
         };
+        // Where a later state was rendered but not applied (the check refused it, or writing it
+        // failed), the renderer holds that state's text: `applied`'s is rendered there now, and
+        // the later state's again next time.
+        let stale = self.unapplied.clone();
+        self.unrendered.extend(stale.clone());
         let text = self.text(&applied);
+        self.unrendered.extend(stale);
         self.applied = Some(applied);
         Some(self.write_accepted(text).await)
     }
@@ -1190,6 +1197,29 @@ mod tests {
         assert_eq!(d.apply(&state(&[3]), &scope).await.outcome, Some(Outcome::Installed));
         d.flush().await;
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[3])));
+        assert_eq!(reloads(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_file_gets_what_haproxy_runs_not_a_later_state_the_check_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = runtime_driver(dir.path());
+        let cfg = dir.path().join("haproxy.cfg");
+        let web = ServiceName::parse("web").unwrap();
+        assert_eq!(d.apply(&state(&[1, 2]), &Scope::Services([web].into())).await.outcome, Some(Outcome::Installed));
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[1])), "the file lags");
+        // A new service (a reload) that the check refuses.
+        let mut refused = state(&[1, 2]);
+        let api = ServiceName::parse("api").unwrap();
+        let mut svc = (*refused.services[&ServiceName::parse("web").unwrap()]).clone();
+        svc.shape.backend_name = BackendName::parse("api").unwrap();
+        refused.services.insert(api.clone(), std::sync::Arc::new(svc));
+        d.s.writer.haproxy_bin = "false".into();
+        let r = d.apply(&refused, &Scope::Services([api].into())).await;
+        assert!(matches!(r.outcome, Some(Outcome::Rejected(_))), "{r:?}");
+        // The lag is written: HAProxy runs the runtime change, not the refused service.
+        d.flush().await;
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), render(&state(&[1, 2])));
         assert_eq!(reloads(dir.path()), 0);
     }
 

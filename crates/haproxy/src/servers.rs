@@ -107,11 +107,11 @@ pub fn check(applied: &DesiredState, observed: &[ServerState], draining: &BTreeS
 const ADMIN_MAINT: u32 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40;
 
 /// At start-up, `current` (what the haproxy.cfg on disk says HAProxy runs) with the servers
-/// HAProxy reports instead: the file lags the runtime API by its coalescing delay, so after a
-/// SIGKILL HAProxy can be ahead of it, and a plan from the file would send commands HAProxy
-/// refuses ("Already exists", "No such server"). A server keeps the options (and the unset
-/// weight) of its line on disk, else of `desired`'s server of that name; servers in maintenance
-/// (deleted half-way) count as absent. Backends HAProxy does not list are left as the file says.
+/// HAProxy reports instead: the file lags the runtime API by up to 1–5 s (more while a write
+/// that failed waits for its retry), so after a SIGKILL HAProxy can be ahead of it, and a plan
+/// from the file would send commands HAProxy refuses ("Already exists", "No such server"). A
+/// server keeps the options (and the unset weight) of its line on disk, else of `desired`'s
+/// server of that name; servers in maintenance (deleted half-way) count as absent. Backends HAProxy does not list are left as the file says.
 pub fn servers_running(mut current: DesiredState, desired: &DesiredState, observed: &[ServerState]) -> DesiredState {
     let mut by_backend: BTreeMap<&str, Vec<&ServerState>> = BTreeMap::new();
     for o in observed {
