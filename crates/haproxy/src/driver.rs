@@ -522,7 +522,7 @@ impl Driver {
                     debug!("Writing haproxy.cfg still fails: {e}");
                 }
                 self.file_since = None;
-                self.file_due = Some(Instant::now() + MIN_RETRY.max(self.s.restart_interval));
+                self.file_due = Some(self.after_retry_pause());
                 Outcome::Failed(e.to_string())
             }
         }
@@ -648,7 +648,13 @@ impl Driver {
     }
 
     fn retry_later(&mut self) {
-        self.retry_at = Some(Instant::now() + MIN_RETRY.max(self.s.restart_interval));
+        self.retry_at = Some(self.after_retry_pause());
+    }
+
+    /// When something that failed (an apply, a write of the file) is tried again: after
+    /// `restart_interval`, and at least [`MIN_RETRY`].
+    fn after_retry_pause(&self) -> Instant {
+        Instant::now() + MIN_RETRY.max(self.s.restart_interval)
     }
 
     /// Drift checks run every `verify_interval` after any successful apply, whichever path it
